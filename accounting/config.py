@@ -1,0 +1,65 @@
+"""Settings: one pydantic-settings object, environment prefix WATTLEDGER_.
+
+Embedded defaults need nothing installed: a SQLite database file, Celery's SQLAlchemy
+transport on a second SQLite file, and the simulated fleet when NVML is absent. Production
+sets WATTLEDGER_DATABASE_URL (PostgreSQL), WATTLEDGER_BROKER_URL (Redis) and
+WATTLEDGER_GPU_BACKEND=nvml.
+"""
+
+from __future__ import annotations
+
+import socket
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BackendChoice(StrEnum):
+    auto = "auto"  # NVML when it initializes, else the simulated fleet
+    nvml = "nvml"
+    simulated = "simulated"
+
+
+DEFAULT_HOME = Path(".wattledger")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WATTLEDGER_", extra="ignore")
+
+    home: Path = Field(DEFAULT_HOME, description="Directory for the embedded database, broker and spool.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/wattledger.db")
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; default sqla+sqlite:///<home>/broker.db"
+    )
+    broker_visibility_timeout_s: PositiveInt = Field(
+        120, description="Redis: seconds before an unacknowledged ingest batch is redelivered."
+    )
+    gpu_backend: BackendChoice = BackendChoice.auto
+    node_name: str = Field(default_factory=socket.gethostname, max_length=200)
+    sample_interval_s: PositiveFloat = Field(1.0, description="Seconds between GPU readings.")
+    flush_interval_s: PositiveFloat = Field(10.0, description="Seconds between shipped batches.")
+    spool_dir: Path | None = Field(None, description="Sampler spool; default <home>/spool")
+    sample_retention_days: PositiveInt = Field(14, description="Raw samples older than this expire.")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    simulated_gpus: PositiveInt = Field(8, description="GPUs in the simulated fleet of `up`.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'wattledger.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return self.spool_dir or self.home / "spool"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""GPU backends: NVML on real hardware, the simulated fleet elsewhere."""

@@ -1,0 +1,1 @@
+"""Jobs, the GPUs they run on, and their allocations (job ↔ GPU over a time range)."""

@@ -1,0 +1,110 @@
+"""Registering, finishing and finding jobs. Changes to allocations re-attribute the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from accounting.clock import US_PER_S, Clock, to_datetime, to_us
+from accounting.errors import Conflict, InvalidInput, NotFound
+from accounting.ledger.service import reattribute, register_gpus
+
+from .models import Allocation, Gpu, Job, JobCreate, JobPublic
+
+# Clocks drift and batch jobs are submitted slightly ahead; a day ahead is a mistake.
+MAX_FUTURE_S = 24 * 3600
+
+
+def _not_future(field: str, when: datetime, now_us: int) -> None:
+    if to_us(when) > now_us + MAX_FUTURE_S * US_PER_S:
+        raise InvalidInput(field, "more than 24 hours in the future")
+
+
+def create_job(session: Session, data: JobCreate, *, clock: Clock) -> Job:
+    now_us = clock.now_us()
+    _not_future("started_at", data.started_at, now_us)
+    clash = session.exec(
+        select(Job).where(Job.source == data.source, Job.external_id == data.external_id)
+    ).first()
+    if clash:
+        raise Conflict(f"job {data.source}/{data.external_id} exists (id {clash.id})")
+    job = Job.model_validate(data, update={"created_at": to_datetime(now_us)})
+    session.add(job)
+    session.flush()
+    gpu_ids = register_gpus(session, data.gpu_uuids, now_us=now_us)
+    for uuid in data.gpu_uuids:
+        session.add(Allocation(job_id=job.id, gpu_id=gpu_ids[uuid], start_at=data.started_at))
+    session.flush()
+    reattribute(session, list(gpu_ids.values()), to_us(data.started_at))
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound("job", job_id)
+    return job
+
+
+def finish_job(session: Session, job_id: int, ended_at: datetime | None, *, clock: Clock) -> Job:
+    job = get_job(session, job_id)
+    now_us = clock.now_us()
+    end = ended_at or to_datetime(now_us)
+    _not_future("ended_at", end, now_us)
+    if to_us(end) < to_us(job.started_at):
+        raise InvalidInput("ended_at", "before the job's started_at")
+    if job.ended_at is not None:
+        if to_us(job.ended_at) == to_us(end) or ended_at is None:
+            return job  # a retried finish changes nothing
+        raise Conflict(f"job {job_id} already finished at {job.ended_at.isoformat()}")
+    job.ended_at = end
+    allocations = session.exec(select(Allocation).where(Allocation.job_id == job_id)).all()
+    for allocation in allocations:
+        allocation.end_at = end
+    session.flush()
+    reattribute(session, [a.gpu_id for a in allocations], to_us(end))
+    return job
+
+
+def gpu_uuids_of(session: Session, job_ids: Sequence[int]) -> dict[int, list[str]]:
+    rows = session.execute(
+        sa.select(Allocation.job_id, Gpu.uuid)
+        .join(Gpu, Gpu.id == Allocation.gpu_id)
+        .where(Allocation.job_id.in_(list(job_ids)))
+        .order_by(Allocation.id)
+    ).all()
+    result: dict[int, list[str]] = {job_id: [] for job_id in job_ids}
+    for job_id, uuid in rows:
+        result[job_id].append(uuid)
+    return result
+
+
+def to_public(job: Job, gpu_uuids: list[str]) -> JobPublic:
+    return JobPublic.model_validate(job, update={"gpu_uuids": gpu_uuids})
+
+
+def list_jobs(
+    session: Session,
+    *,
+    team: str | None = None,
+    active_from: datetime | None = None,
+    active_to: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Job]:
+    """Jobs of a team (or all) that ran at some time in [active_from, active_to)."""
+    query = select(Job)
+    if team is not None:
+        query = query.where(Job.team == team)
+    if active_to is not None:
+        query = query.where(Job.started_at < active_to)
+    if active_from is not None:
+        query = query.where(sa.or_(Job.ended_at.is_(None), Job.ended_at > active_from))
+    return list(session.exec(query.order_by(Job.started_at, Job.id).offset(offset).limit(limit)).all())
+
+
+def list_gpus(session: Session) -> list[Gpu]:
+    return list(session.exec(select(Gpu).order_by(Gpu.node, Gpu.index, Gpu.uuid)).all())

@@ -1,0 +1,56 @@
+"""The sampler → ingest batch format, validated at the door of the ledger."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_US_MAX = 4_102_444_800_000_000  # 2100-01-01: anything later is a unit mistake
+
+
+class BatchGpu(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    uuid: str = Field(min_length=1, max_length=96)
+    name: str | None = Field(default=None, max_length=200)
+    index: int | None = Field(default=None, ge=0, le=4096)
+
+
+class BatchInterval(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    uuid: str = Field(min_length=1, max_length=96)
+    start_us: int = Field(ge=0, le=_US_MAX)
+    end_us: int = Field(ge=0, le=_US_MAX)
+    energy_mj: int = Field(ge=0, le=10**15)
+    method: Literal["counter", "power-integral", "missing"]
+    power_mw: int | None = Field(default=None, ge=0, le=10**8)
+    gpu_util_pct: int | None = Field(default=None, ge=0, le=100)
+    memory_util_pct: int | None = Field(default=None, ge=0, le=100)
+    memory_used_bytes: int | None = Field(default=None, ge=0)
+    sm_clock_mhz: int | None = Field(default=None, ge=0, le=100_000)
+    pids: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BatchInterval:
+        if self.end_us <= self.start_us:
+            raise ValueError("end_us must be after start_us")
+        return self
+
+
+class BatchEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    uuid: str | None = Field(default=None, max_length=96)
+    at_us: int = Field(ge=0, le=_US_MAX)
+    kind: str = Field(min_length=1, max_length=32)
+    detail: str = Field(default="", max_length=2000)
+
+
+class Batch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    version: Literal[1] = 1
+    node: str = Field(min_length=1, max_length=200)
+    seq: int = Field(ge=0)
+    created_us: int | None = None
+    gpus: list[BatchGpu] = Field(default_factory=list)
+    intervals: list[BatchInterval] = Field(default_factory=list)
+    events: list[BatchEvent] = Field(default_factory=list)

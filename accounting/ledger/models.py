@@ -1,0 +1,95 @@
+"""Raw energy intervals, ingested-batch keys, GPU events and the hourly ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from accounting.db import UTCDateTime
+
+# 64-bit ids on PostgreSQL; SQLite autoincrements only an INTEGER primary key.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+IDLE = "idle"
+UNATTRIBUTED = "unattributed"
+
+
+def job_account(job_id: int) -> str:
+    return f"job:{job_id}"
+
+
+class Method(StrEnum):
+    """How a ledger row's energy was obtained and split."""
+
+    exclusive = "exclusive"  # counter energy; one holder (a job, or IDLE) had the whole GPU
+    even = "even"  # counter energy split evenly among co-tenants
+    power_integral = "power-integral"  # estimated: counter reset or no counter, power integrated
+    missing = "missing"  # neither counter nor power could be read (0 mJ, time still counted)
+
+
+class Sample(SQLModel, table=True):
+    """One GPU's interval between two consecutive readings, as the sampler measured it."""
+
+    __table_args__ = (sa.UniqueConstraint("gpu_id", "start_at", name="uq_sample_gpu_start"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    gpu_id: int = Field(foreign_key="gpu.id")
+    start_at: datetime = Field(sa_type=UTCDateTime)
+    end_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    energy_mj: int = Field(sa_type=sa.BigInteger)
+    method: str = Field(max_length=32)  # counter | power-integral | missing
+    power_mw: int | None = Field(default=None, sa_type=sa.BigInteger)
+    gpu_util_pct: int | None = None
+    memory_util_pct: int | None = None
+    memory_used_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
+    sm_clock_mhz: int | None = None
+
+
+class IngestedBatch(SQLModel, table=True):
+    """The idempotency key of every batch taken into the ledger: (node, seq)."""
+
+    __table_args__ = (sa.UniqueConstraint("node", "seq", name="uq_batch_node_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    node: str = Field(max_length=200)
+    seq: int = Field(sa_type=sa.BigInteger)
+    ingested_at: datetime = Field(sa_type=UTCDateTime)
+    intervals: int
+    energy_mj: int = Field(sa_type=sa.BigInteger)
+
+
+class GpuEvent(SQLModel, table=True):
+    """Counter resets, lost GPUs and read errors reported by samplers."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    gpu_id: int | None = Field(default=None, foreign_key="gpu.id", index=True)
+    node: str = Field(max_length=200)
+    at: datetime = Field(sa_type=UTCDateTime)
+    kind: str = Field(max_length=32)
+    detail: str = Field(default="", max_length=2000)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Energy per (GPU, account, hour, method), in integer millijoules.
+
+    Conservation: for every GPU and hour, Σ energy_mj over accounts = the metered energy
+    of that GPU in that hour, exactly.
+    """
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (
+        sa.UniqueConstraint("gpu_id", "hour", "account", "method", name="uq_ledger_key"),
+        sa.Index("ix_ledger_hour_account", "hour", "account"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    gpu_id: int = Field(foreign_key="gpu.id")
+    hour: datetime = Field(sa_type=UTCDateTime)
+    account: str = Field(max_length=64)  # "job:<id>", "idle" or "unattributed"
+    job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
+    method: str = Field(max_length=32)
+    energy_mj: int = Field(sa_type=sa.BigInteger)
+    gpu_us: int = Field(sa_type=sa.BigInteger)  # GPU time charged to the account, µs

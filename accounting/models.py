@@ -1,0 +1,10 @@
+"""Every table, imported in one place for Alembic and for `create_all` in tests."""
+
+from sqlmodel import SQLModel
+
+from accounting.jobs.models import Allocation, Gpu, Job
+from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample
+
+metadata = SQLModel.metadata
+
+__all__ = ["Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "metadata"]
