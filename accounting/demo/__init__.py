@@ -1,0 +1,1 @@
+"""Scenarios for the simulated fleet: the `wattledger demo` run and the live fleet of `up`."""

@@ -1,0 +1,103 @@
+"""The foundation demo: one node, three GPU models, six jobs and two faults over three hours.
+
+It is a scenario with ground truth: the fleet knows every GPU's true power, so the demo can
+show, per job, the energy the pipeline attributed next to the energy the job really drew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from accounting.clock import US_PER_S, Clock, to_us
+from accounting.gpu.simulated import SimGpu, SimulatedFleet
+from accounting.gpu.trace import load_nvidia_smi_trace
+from accounting.gpu.workloads import IdleAllocated, Inference, TracePower, Training
+
+# The real 8 × H100 nvidia-smi trace (see ../shared/data/README.md), when it is beside the repo.
+TRACE_FILE = Path(__file__).resolve().parents[2].parent / "shared/data/nvidia-smi_8xH100_llm-training_2025-07-26_100ms.csv"
+
+START = datetime(2025, 7, 26, 21, 0, tzinfo=UTC)  # fixed: the demo prints the same figures each run
+MODELS = ["A100 SXM", "A100 SXM", "H100 SXM", "H100 SXM", "H100 SXM", "H100 SXM", "H200 SXM", "H200 SXM"]
+NODE = "demo-node-1"
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    external_id: str
+    team: str
+    project: str
+    kind: str
+    gpu_indices: tuple[int, ...]
+    start_s: int  # seconds after the scenario start
+    end_s: int
+    workload: object
+    model_parameters: int | None = None
+
+
+@dataclass
+class Scenario:
+    start_us: int
+    duration_s: int
+    node: str
+    models: list[str]
+    jobs: list[DemoJob]
+    counter_resets: list[tuple[int, int]] = field(default_factory=list)  # (gpu index, at s)
+    lost: list[tuple[int, int, int]] = field(default_factory=list)  # (gpu index, from s, to s)
+    seed: int = 7
+
+    def at_us(self, seconds: int) -> int:
+        return self.start_us + seconds * US_PER_S
+
+
+def foundation_scenario(trace_file: Path = TRACE_FILE) -> Scenario:
+    h, m = 3600, 60
+    jobs = [
+        DemoJob("llm-pretrain-7b", "nlp", "pretrain", "training", (2, 3, 4, 5), 10 * m, 2 * h + 30 * m,
+                Training(power_fraction=0.85), 7_000_000_000),
+        DemoJob("vision-finetune", "vision", "detector", "training", (0, 1), 30 * m, 1 * h + 30 * m,
+                Training(power_fraction=0.7, checkpoint_every_s=900, checkpoint_s=30)),
+        DemoJob("chat-serving", "search", "assistant", "inference", (6, 7), 0, 3 * h,
+                Inference(mean_load=0.45)),
+        DemoJob("embed-batch", "search", "embeddings", "inference", (0,), 1 * h + 45 * m, 2 * h + 30 * m,
+                Inference(mean_load=0.8, burst_s=5.0)),
+        DemoJob("notebook-ana", "research", "exploration", "interactive", (1,), 2 * h, 2 * h + 50 * m,
+                IdleAllocated()),
+    ]
+    if trace_file.exists():
+        trace = load_nvidia_smi_trace(trace_file)
+        length_s = int(trace.duration_s)
+        jobs.append(DemoJob("llm-finetune-trace", "nlp", "finetune", "training", (2, 3, 4, 5),
+                            2 * h + 35 * m, 2 * h + 35 * m + length_s,
+                            tuple(TracePower(trace, column) for column in range(4))))
+    return Scenario(
+        start_us=to_us(START), duration_s=3 * h, node=NODE, models=MODELS, jobs=jobs,
+        counter_resets=[(3, 1 * h + 15 * m)],  # a driver reload on an H100 mid-training
+        lost=[(6, 2 * h + 20 * m, 2 * h + 20 * m + 10)],  # an H200 off the bus for 10 s
+    )
+
+
+def gpu_uuid(scenario: Scenario, index: int) -> str:
+    return f"GPU-{scenario.node}-{index:02d}-{scenario.seed:04d}"
+
+
+def build_fleet(scenario: Scenario, clock: Clock) -> SimulatedFleet:
+    gpus = [SimGpu(uuid=gpu_uuid(scenario, i), model=model, index=i) for i, model in enumerate(scenario.models)]
+    fleet = SimulatedFleet(gpus, clock=clock, seed=scenario.seed)
+    for job in scenario.jobs:
+        workloads = job.workload if isinstance(job.workload, tuple) else (job.workload,) * len(job.gpu_indices)
+        for index, workload in zip(job.gpu_indices, workloads, strict=True):
+            fleet.assign(gpu_uuid(scenario, index), scenario.at_us(job.start_s), scenario.at_us(job.end_s), workload)
+    for index, at_s in scenario.counter_resets:
+        fleet.reset_counter(gpu_uuid(scenario, index), scenario.at_us(at_s))
+    for index, from_s, to_s in scenario.lost:
+        fleet.lose(gpu_uuid(scenario, index), scenario.at_us(from_s), scenario.at_us(to_s))
+    return fleet
+
+
+def true_job_energy_j(fleet: SimulatedFleet, scenario: Scenario, job: DemoJob) -> float:
+    return sum(
+        fleet.true_energy_j(gpu_uuid(scenario, i), scenario.at_us(job.start_s), scenario.at_us(job.end_s))
+        for i in job.gpu_indices
+    )

@@ -1,0 +1,33 @@
+"""create_app: the FastAPI application, wired to a database engine and a clock."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+import accounting
+from accounting.clock import Clock, SystemClock
+from accounting.config import Settings, get_settings
+from accounting.db import engine_for
+
+from . import errors
+from .routes import gpus, health, jobs, ledger
+
+
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="WattLedger",
+        version=accounting.__version__,
+        description="GPU energy accounting: every joule attributed to the job that caused it, "
+        "reconciled with the meters. Energy is stated with its unit in every answer.",
+    )
+    app.state.engine = engine or engine_for(settings.resolved_database_url)
+    app.state.clock = clock or SystemClock()
+    errors.install(app)
+    app.include_router(health.router)
+    for module in (jobs, gpus, ledger):
+        app.include_router(module.router, prefix="/v1")
+    return app

@@ -1,0 +1,1 @@
+"""Thin routes: validate, call one service, commit once, shape the answer."""

@@ -1,0 +1,181 @@
+"""`wattledger demo`: the foundation scenario through the real pipeline, faster than real time.
+
+sampler (simulated fleet, fake clock) → spool → broker (Celery's SQLAlchemy transport) →
+a real `celery worker` process → SQLite ledger → HTTP queries against the API. Prints, per
+job, the attributed energy next to the simulated ground truth, and the conservation check.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from accounting import migrations
+from accounting.clock import FakeClock, to_datetime
+from accounting.config import BackendChoice, Settings
+from accounting.db import engine_for, session_scope
+from accounting.demo.scenario import Scenario, build_fleet, foundation_scenario, gpu_uuid, true_job_energy_j
+from accounting.ledger.models import IngestedBatch
+from accounting.ledger.reports import conservation_errors
+from accounting.metering.sampler import Sampler
+from accounting.metering.spool import Spool
+
+from .celery_app import make_celery
+from .processes import ApiServer, batch_sender, start_worker, stop_process
+
+TOLERANCE = 0.001  # the foundation promise: every job within 0.1 % of the truth
+
+
+@dataclass
+class DemoResult:
+    report: dict
+    ok: bool
+
+
+def _drive(scenario: Scenario, sampler: Sampler, clock: FakeClock, client: httpx.Client, send,
+           progress: Progress, sample_s: int = 1, flush_s: int = 60) -> dict[str, int]:
+    """Advance simulated time; register and finish jobs over HTTP as a scheduler would."""
+    job_ids: dict[str, int] = {}
+    starts: dict[int, list] = {}
+    ends: dict[int, list] = {}
+    for job in scenario.jobs:
+        starts.setdefault(job.start_s, []).append(job)
+        ends.setdefault(job.end_s, []).append(job)
+    task = progress.add_task("simulated seconds", total=scenario.duration_s)
+    for second in range(0, scenario.duration_s + 1, sample_s):
+        clock.set(scenario.at_us(second))
+        for job in ends.get(second, []):
+            r = client.post(f"/v1/jobs/{job_ids[job.external_id]}/finish",
+                            json={"ended_at": to_datetime(scenario.at_us(second)).isoformat()})
+            r.raise_for_status()
+        for job in starts.get(second, []):
+            r = client.post("/v1/jobs", json={
+                "external_id": job.external_id, "team": job.team, "project": job.project, "kind": job.kind,
+                "gpu_uuids": [gpu_uuid(scenario, i) for i in job.gpu_indices],
+                "started_at": to_datetime(scenario.at_us(second)).isoformat(),
+                "model_parameters": job.model_parameters, "source": "demo",
+            })
+            r.raise_for_status()
+            job_ids[job.external_id] = r.json()["id"]
+        sampler.sample()
+        if second % flush_s == 0 or second == scenario.duration_s:
+            sampler.flush()
+            sampler.ship(send)
+        progress.update(task, completed=second)
+    return job_ids
+
+
+def _wait_ingested(engine, node: str, expected: int, progress: Progress, timeout_s: float = 90) -> int:
+    task = progress.add_task("batches ingested", total=expected)
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    while time.monotonic() < deadline:
+        with session_scope(engine) as session:
+            done = session.execute(
+                sa.select(sa.func.count()).select_from(IngestedBatch).where(IngestedBatch.node == node)
+            ).scalar_one()
+        progress.update(task, completed=done)
+        if done >= expected:
+            break
+        time.sleep(0.2)
+    return done
+
+
+def run_demo(home: Path | None = None, *, quiet: bool = False) -> DemoResult:
+    home = home or Path(tempfile.mkdtemp(prefix="wattledger-demo-"))
+    home.mkdir(parents=True, exist_ok=True)
+    settings = Settings(home=home, gpu_backend=BackendChoice.simulated)
+    db_url = settings.resolved_database_url
+    migrations.upgrade(db_url)
+    engine = engine_for(db_url)
+    scenario = foundation_scenario()
+    clock = FakeClock(scenario.start_us)
+    fleet = build_fleet(scenario, clock)
+    sampler = Sampler(backend=fleet, spool=Spool(settings.resolved_spool_dir), clock=clock, node=scenario.node)
+    send = batch_sender(make_celery(settings))
+    env = {"WATTLEDGER_HOME": str(home.resolve()), "WATTLEDGER_DATABASE_URL": db_url,
+           "WATTLEDGER_BROKER_URL": settings.resolved_broker_url}
+    worker = start_worker(env, home / "worker.log", queues="ingest")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=Console(stderr=True), disable=quiet)
+    from api.main import create_app  # the API is an outer layer; imported where it is served
+
+    try:
+        with ApiServer(create_app(settings, engine=engine)) as api, httpx.Client(base_url=api.url, timeout=30) as client, progress:
+            job_ids = _drive(scenario, sampler, clock, client, send, progress)
+            shipped = sampler.next_seq - 1
+            done = _wait_ingested(engine, scenario.node, shipped, progress)
+            if done < shipped:
+                raise RuntimeError(f"only {done} of {shipped} batches were ingested; see {home / 'worker.log'}")
+            report = _report(scenario, fleet, client, job_ids, engine)
+    finally:
+        stop_process(worker)
+    report["home"] = str(home)
+    return DemoResult(report, report["conservation_exact"] and report["max_error_pct"] <= TOLERANCE * 100)
+
+
+def _report(scenario: Scenario, fleet, client: httpx.Client, job_ids: dict[str, int], engine) -> dict:
+    jobs = []
+    for job in scenario.jobs:
+        energy = client.get(f"/v1/jobs/{job_ids[job.external_id]}/energy", params={"unit": "J"}).json()
+        truth_j = true_job_energy_j(fleet, scenario, job)
+        jobs.append({
+            "external_id": job.external_id, "team": job.team, "gpus": len(job.gpu_indices),
+            "gpu_models": sorted({scenario.models[i] for i in job.gpu_indices}),
+            "energy_j": energy["energy"], "energy_kwh": energy["energy"] / 3.6e6,
+            "gpu_hours": energy["gpu_hours"], "truth_j": truth_j,
+            "error_pct": 100 * (energy["energy"] - truth_j) / truth_j,
+            "estimated_j": sum(e["energy"] for e in energy["estimated"]),
+        })
+    totals = client.get("/v1/ledger/totals", params={"unit": "J"}).json()
+    with session_scope(engine) as session:
+        problems = conservation_errors(session)
+    return {
+        "scenario": {"start": to_datetime(scenario.start_us).isoformat(), "duration_s": scenario.duration_s,
+                     "gpus": len(scenario.models), "models": sorted(set(scenario.models))},
+        "jobs": jobs,
+        "measured_j": totals["measured"], "attributed_j": totals["jobs"], "idle_j": totals["idle"],
+        "unattributed_j": totals["unattributed"], "measured_mj": totals["measured_mj"],
+        "jobs_plus_idle_equals_measured": totals["balanced"],
+        "conservation_exact": totals["balanced"] and not problems,
+        "conservation_problems": problems[:10],
+        "max_error_pct": max(abs(j["error_pct"]) for j in jobs),
+    }
+
+
+def render(result: DemoResult, console: Console) -> None:
+    report = result.report
+    table = Table(title=f"WattLedger demo — {report['scenario']['gpus']} simulated GPUs "
+                        f"({', '.join(report['scenario']['models'])}), {report['scenario']['duration_s'] / 3600:g} h")
+    for column in ("job", "team", "GPUs", "energy (kWh)", "GPU-hours", "truth (kWh)", "error (%)"):
+        table.add_column(column, justify="left" if column in ("job", "team") else "right")
+    for job in report["jobs"]:
+        table.add_row(job["external_id"], job["team"], f"{job['gpus']} × {'/'.join(job['gpu_models'])}",
+                      f"{job['energy_kwh']:.4f}", f"{job['gpu_hours']:.2f}", f"{job['truth_j'] / 3.6e6:.4f}",
+                      f"{job['error_pct']:+.4f}")
+    console.print(table)
+    kwh = 3.6e6
+    console.print(f"measured (counters): {report['measured_j'] / kwh:.4f} kWh   "
+                  f"jobs: {report['attributed_j'] / kwh:.4f} kWh   idle: {report['idle_j'] / kwh:.4f} kWh   "
+                  f"unattributed: {report['unattributed_j'] / kwh:.4f} kWh")
+    mark = "[green]exact[/]" if report["conservation_exact"] else "[red]BROKEN[/]"
+    console.print(f"conservation (jobs + idle + unattributed = measured, per GPU-hour, in mJ): {mark}; "
+                  f"largest job error {report['max_error_pct']:.4f} % (promise: ≤ {TOLERANCE * 100:g} %)")
+
+
+def main(home: Path | None, as_json: bool) -> int:
+    result = run_demo(home, quiet=False)
+    if as_json:
+        print(json.dumps(result.report, indent=2))
+    else:
+        render(result, Console(width=max(Console().width, 110)))
+    return 0 if result.ok else 1

@@ -1,0 +1,41 @@
+"""Ingest of sampler batches."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+
+from accounting.clock import SystemClock
+from accounting.config import get_settings
+from accounting.db import engine_for, session_scope
+from accounting.errors import InvalidInput
+from accounting.ledger import service
+
+from ..celery_app import app
+from ..queues import INGEST_TASK
+
+log = logging.getLogger(__name__)
+
+
+@app.task(
+    name=INGEST_TASK,
+    acks_late=True,  # idempotent per (node, seq): a redelivery after a crash counts once
+    autoretry_for=(OperationalError, InterfaceError, IntegrityError),  # DB down / lock / race
+    retry_backoff=True,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=30,
+)
+def ingest_batch(batch: dict) -> dict:
+    engine = engine_for(get_settings().resolved_database_url)
+    try:
+        with session_scope(engine) as session:
+            result = service.ingest_batch(session, batch, clock=SystemClock())
+            session.commit()
+    except InvalidInput as exc:
+        # A batch our own sampler wrote should never be malformed: keep it in the log whole.
+        log.error("rejected batch %s/%s: %s; batch=%r", batch.get("node"), batch.get("seq"), exc, batch)
+        raise
+    return {"node": result.node, "seq": result.seq, "duplicate": result.duplicate,
+            "intervals": result.intervals, "energy_mj": result.energy_mj}
