@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from alembic import context
 from sqlmodel import SQLModel
 
 from accounting.config import get_settings
 from accounting.db import UTCDateTime, make_engine
 from accounting.models import metadata  # noqa: F401  (registers every table)
+from alembic import context
 
 config = context.config
 target_metadata = SQLModel.metadata

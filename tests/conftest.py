@@ -50,13 +50,14 @@ def sqlite_engine(tmp_path_factory) -> Iterator[sa.Engine]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request) -> sa.Engine:
-    return request.getfixturevalue(f"{request.param}_engine")
+    return request.getfixturevalue({"sqlite": "sqlite_engine", "postgresql": "pg_engine"}[request.param])
 
 
 @pytest.fixture
 def session(engine) -> Iterator[Session]:
     """A session inside a transaction that is rolled back after the test (services never
     commit; the test sees their work through the same session)."""
+    truncate_all(engine)  # whatever a committing test before left behind
     with engine.connect() as connection:
         transaction = connection.begin()
         with Session(bind=connection, join_transaction_mode="create_savepoint") as db:

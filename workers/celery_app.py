@@ -14,8 +14,14 @@ from .schedule import BEAT_SCHEDULE
 def _transport_options(settings: Settings) -> dict:
     url = settings.resolved_broker_url
     if url.startswith(("redis://", "rediss://")):
-        # Redis redelivers a message whose worker died unacknowledged after this long.
-        return {"visibility_timeout": settings.broker_visibility_timeout_s}
+        # A message whose worker died unacknowledged goes back to the queue after the
+        # visibility timeout; sweep for such messages often enough to notice soon after.
+        timeout_s = settings.broker_visibility_timeout_s
+        return {
+            "visibility_timeout": timeout_s,
+            "unacked_restore_interval": max(1, min(10, timeout_s // 2)),
+            "unacked_restore_throttle": 1,
+        }
     return {}  # the SQLAlchemy transport hands its options to create_engine: give it none
 
 

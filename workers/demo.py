@@ -110,7 +110,11 @@ def run_demo(home: Path | None = None, *, quiet: bool = False) -> DemoResult:
     from api.main import create_app  # the API is an outer layer; imported where it is served
 
     try:
-        with ApiServer(create_app(settings, engine=engine)) as api, httpx.Client(base_url=api.url, timeout=30) as client, progress:
+        with (
+            ApiServer(create_app(settings, engine=engine)) as api,
+            httpx.Client(base_url=api.url, timeout=30) as client,
+            progress,
+        ):
             job_ids = _drive(scenario, sampler, clock, client, send, progress)
             shipped = sampler.next_seq - 1
             done = _wait_ingested(engine, scenario.node, shipped, progress)

@@ -26,7 +26,9 @@ def live_fleet(clock: Clock, *, gpus: int, node: str, seed: int = 1) -> Simulate
         t_s = rng.randint(0, 300)
         while t_s < HORIZON_S:
             length_s = rng.randint(600, 3 * 3600)
-            workload = rng.choice([Training(power_fraction=rng.uniform(0.6, 0.9)), Inference(mean_load=rng.uniform(0.2, 0.7)), None])
+            workload = rng.choice(
+                [Training(power_fraction=rng.uniform(0.6, 0.9)), Inference(mean_load=rng.uniform(0.2, 0.7)), None]
+            )
             if workload is not None:
                 fleet.assign(gpu.uuid, start_us + t_s * US_PER_S, start_us + (t_s + length_s) * US_PER_S, workload)
             t_s += length_s + rng.randint(60, 900)

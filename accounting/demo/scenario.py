@@ -16,7 +16,8 @@ from accounting.gpu.trace import load_nvidia_smi_trace
 from accounting.gpu.workloads import IdleAllocated, Inference, TracePower, Training
 
 # The real 8 × H100 nvidia-smi trace (see ../shared/data/README.md), when it is beside the repo.
-TRACE_FILE = Path(__file__).resolve().parents[2].parent / "shared/data/nvidia-smi_8xH100_llm-training_2025-07-26_100ms.csv"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TRACE_FILE = SHARED_DATA / "nvidia-smi_8xH100_llm-training_2025-07-26_100ms.csv"
 
 START = datetime(2025, 7, 26, 21, 0, tzinfo=UTC)  # fixed: the demo prints the same figures each run
 MODELS = ["A100 SXM", "A100 SXM", "H100 SXM", "H100 SXM", "H100 SXM", "H100 SXM", "H200 SXM", "H200 SXM"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import sqlalchemy as sa
@@ -78,7 +78,7 @@ class JobCreate(JobBase):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2026-01-01T00:00:00Z")
-        return value
+        return value.astimezone(UTC)
 
 
 class JobFinish(SQLModel):
@@ -87,9 +87,11 @@ class JobFinish(SQLModel):
     @field_validator("ended_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2026-01-01T00:00:00Z")
-        return value
+        return value.astimezone(UTC)
 
 
 class Job(JobBase, table=True):

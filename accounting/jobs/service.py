@@ -32,8 +32,12 @@ def create_job(session: Session, data: JobCreate, *, clock: Clock) -> Job:
     if clash:
         raise Conflict(f"job {data.source}/{data.external_id} exists (id {clash.id})")
     job = Job.model_validate(data, update={"created_at": to_datetime(now_us)})
-    session.add(job)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent twin registration loses cleanly
+            session.add(job)
+            session.flush()
+    except sa.exc.IntegrityError as exc:
+        raise Conflict(f"job {data.source}/{data.external_id} exists") from exc
     gpu_ids = register_gpus(session, data.gpu_uuids, now_us=now_us)
     for uuid in data.gpu_uuids:
         session.add(Allocation(job_id=job.id, gpu_id=gpu_ids[uuid], start_at=data.started_at))
@@ -42,15 +46,15 @@ def create_job(session: Session, data: JobCreate, *, clock: Clock) -> Job:
     return job
 
 
-def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+def get_job(session: Session, job_id: int, *, for_update: bool = False) -> Job:
+    job = session.get(Job, job_id, with_for_update=for_update)
     if job is None:
         raise NotFound("job", job_id)
     return job
 
 
 def finish_job(session: Session, job_id: int, ended_at: datetime | None, *, clock: Clock) -> Job:
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, for_update=True)  # concurrent finishes: one wins, others 409
     now_us = clock.now_us()
     end = ended_at or to_datetime(now_us)
     _not_future("ended_at", end, now_us)

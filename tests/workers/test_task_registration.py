@@ -1,0 +1,38 @@
+"""The Celery surface: registered task names, queues, beat entries (a snapshot)."""
+
+from __future__ import annotations
+
+import workers.tasks.ledger  # noqa: F401,I001  (registers the tasks)
+import workers.tasks.maintenance  # noqa: F401
+from accounting.config import Settings
+from workers.celery_app import _transport_options, app
+from workers.queues import QueueName
+from workers.schedule import BEAT_SCHEDULE
+
+
+def test_registered_task_names_snapshot():
+    assert sorted(name for name in app.tasks if not name.startswith("celery.")) == [
+        "ledger.ingest_batch",
+        "maintenance.expire_samples",
+    ]
+
+
+def test_ingest_is_late_acked_and_retries_only_transient_errors():
+    task = app.tasks["ledger.ingest_batch"]
+    assert task.acks_late
+    assert {e.__name__ for e in task.autoretry_for} == {"OperationalError", "InterfaceError", "IntegrityError"}
+    assert task.max_retries and task.retry_backoff
+
+
+def test_every_beat_entry_expires_and_names_a_known_queue():
+    for entry in BEAT_SCHEDULE.values():
+        assert entry["task"] in app.tasks
+        assert entry["options"]["expires"] > 0
+        assert entry["options"]["queue"] in {q.value for q in QueueName}
+
+
+def test_redis_gets_a_visibility_timeout_and_the_embedded_broker_none():
+    assert _transport_options(Settings(broker_url="redis://127.0.0.1:6379/0", broker_visibility_timeout_s=30)) == {
+        "visibility_timeout": 30, "unacked_restore_interval": 10, "unacked_restore_throttle": 1,
+    }
+    assert _transport_options(Settings(broker_url="sqla+sqlite:///x.db")) == {}
