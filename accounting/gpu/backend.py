@@ -13,15 +13,30 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True, slots=True)
 class GpuInfo:
-    uuid: str  # NVML UUID, e.g. "GPU-5c1f…"; the identity of a GPU everywhere in WattLedger
+    uuid: str  # NVML UUID, e.g. "GPU-5c1f…" or "MIG-…"; the identity of a GPU everywhere
     name: str  # NVML device name, e.g. "NVIDIA H100 80GB HBM3"
-    index: int  # NVML index on its node
+    index: int  # NVML index on its node (a MIG instance: its index within the parent)
+    parent_uuid: str | None = None  # a MIG instance: the physical GPU it is carved from
+    mig_profile: str | None = None  # a MIG instance: e.g. "1g.10gb", "3g.40gb"
+    mig_slices: int | None = None  # a MIG instance: its compute slices (the g of "3g.40gb"), of 7
 
 
 @dataclass(frozen=True, slots=True)
 class GpuProcess:
     pid: int
     used_memory_bytes: int | None = None
+    # Mean SM utilization of this process since the previous read (nvmlDeviceGetProcessUtilization);
+    # None where NVML cannot tell (MIG, old drivers).
+    sm_util_pct: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigActivity:
+    """One MIG instance's activity since the previous read of its parent (GPM per-instance SM
+    activity, as a percent of the instance's own capacity)."""
+
+    uuid: str
+    activity_pct: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +50,7 @@ class GpuReading:
     memory_used_bytes: int | None = None
     sm_clock_mhz: int | None = None
     processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
+    mig: tuple[MigActivity, ...] = field(default_factory=tuple)  # a MIG-enabled parent only
 
 
 @runtime_checkable
@@ -44,7 +60,11 @@ class GpuBackend(Protocol):
     kind: str  # "nvml" | "simulated"
 
     def gpus(self) -> list[GpuInfo]:
-        """The GPUs visible now (a lost GPU may be absent or still listed)."""
+        """The physical GPUs visible now (a lost GPU may be absent or still listed)."""
+        ...
+
+    def mig_instances(self, uuid: str) -> list[GpuInfo]:
+        """The MIG instances carved from a physical GPU; [] when MIG is off."""
         ...
 
     def read(self, uuid: str) -> GpuReading:
@@ -52,3 +72,21 @@ class GpuBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOwner:
+    """Who a GPU process belongs to, as the node sees it.
+
+    `job_key` is "<source>:<external id>" of a job as registered with the API — e.g.
+    "slurm:48121" (SLURM_JOB_ID), "k8s:<pod uid>" — or None when nothing maps the process to a job
+    (its energy then goes to the UNATTRIBUTED account, with pid and user recorded).
+    """
+
+    job_key: str | None
+    user: str | None = None
+
+
+@runtime_checkable
+class ProcessResolver(Protocol):
+    def owner(self, pid: int) -> ProcessOwner: ...
