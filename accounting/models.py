@@ -3,8 +3,10 @@
 from sqlmodel import SQLModel
 
 from accounting.jobs.models import Allocation, Gpu, Job
-from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample
+from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample, UnattributedUse
 
 metadata = SQLModel.metadata
 
-__all__ = ["Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "metadata"]
+__all__ = [
+    "Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "UnattributedUse", "metadata",
+]

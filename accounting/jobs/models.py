@@ -30,6 +30,10 @@ class Gpu(SQLModel, table=True):
     last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # Raw samples before this hour have expired: the ledger there can no longer be recomputed.
     samples_expired_before: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A MIG instance: the physical GPU it is carved from (energy is metered on the parent).
+    parent_id: int | None = Field(default=None, foreign_key="gpu.id", index=True)
+    mig_profile: str | None = Field(default=None, max_length=32)
+    mig_slices: int | None = Field(default=None, ge=1, le=8)
 
 
 class GpuPublic(SQLModel):
@@ -38,6 +42,9 @@ class GpuPublic(SQLModel):
     model: str | None
     node: str | None
     index: int | None
+    parent_uuid: str | None = None
+    mig_profile: str | None = None
+    mig_slices: int | None = None
     first_seen_at: datetime | None
     last_seen_at: datetime | None
 

@@ -12,7 +12,7 @@ from accounting.clock import US_PER_S, Clock, to_datetime, to_us
 from accounting.errors import Conflict, InvalidInput, NotFound
 from accounting.ledger.service import reattribute, register_gpus
 
-from .models import Allocation, Gpu, Job, JobCreate, JobPublic
+from .models import Allocation, Gpu, GpuPublic, Job, JobCreate, JobPublic
 
 # Clocks drift and batch jobs are submitted slightly ahead; a day ahead is a mistake.
 MAX_FUTURE_S = 24 * 3600
@@ -110,5 +110,14 @@ def list_jobs(
     return list(session.exec(query.order_by(Job.started_at, Job.id).offset(offset).limit(limit)).all())
 
 
-def list_gpus(session: Session) -> list[Gpu]:
-    return list(session.exec(select(Gpu).order_by(Gpu.node, Gpu.index, Gpu.uuid)).all())
+def list_gpus(session: Session) -> list[GpuPublic]:
+    gpus = list(session.exec(select(Gpu).order_by(Gpu.node, Gpu.parent_id.nulls_first(), Gpu.index, Gpu.uuid)).all())
+    uuid_of = {g.id: g.uuid for g in gpus}
+    return [GpuPublic.model_validate(g, update={"parent_uuid": uuid_of.get(g.parent_id)}) for g in gpus]
+
+
+def metered_uuids(session: Session, uuids: Sequence[str], metered_mj: dict[str, int]) -> list[str]:
+    """The GPUs a job's energy is reported on: those metered for it, then its other whole GPUs
+    (a MIG instance is metered on its parent, so it is not listed itself)."""
+    instances = set(session.exec(select(Gpu.uuid).where(Gpu.uuid.in_(list(uuids)), Gpu.parent_id.is_not(None))).all())
+    return [*metered_mj, *(u for u in uuids if u not in metered_mj and u not in instances)]

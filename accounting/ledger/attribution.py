@@ -1,15 +1,25 @@
 """Split one measured interval's energy over hours and accounts, exactly, in integer mJ.
 
-Every piece of an interval [t0, t1) with energy E is F(b) − F(a) with
+Every time piece of an interval [t0, t1) with energy E is F(b) − F(a) with
 F(t) = ⌊E·(t − t0) / (t1 − t0)⌋. The pieces telescope, so however an interval is cut (by
 hour boundaries, by allocation starts and ends) they add up to E with no rounding residue,
-and a piece is the same whichever recomputation asks for it.
+and a piece is the same whichever recomputation asks for it. Inside a piece, energy is
+divided among accounts by integer largest-remainder splits, which are exact too.
+
+Policy (DESIGN.md, "Attribution"):
+- one holder (a job, or nobody = IDLE) and no one else's processes: it pays all (`exclusive`);
+- co-tenants on one GPU: the idle baseline is split evenly among the jobs holding it; the
+  active rest by per-process SM utilization (`sm-share`), or evenly without it (`even`);
+  processes that map to no job take their SM share to UNATTRIBUTED;
+- MIG: the parent's baseline by slice size, its active rest by per-instance activity
+  (`mig-activity`) or by slice size (`mig-slice`); slices nobody holds go to IDLE;
+- an interval whose energy was estimated keeps its method (`power-integral`, `missing`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from accounting.clock import US_PER_HOUR
 
@@ -24,17 +34,74 @@ class Tenancy:
     start_us: int
     end_us: int | None
 
+    def covers(self, a: int, b: int) -> bool:
+        return self.start_us <= a and (self.end_us is None or self.end_us >= b)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessUse:
+    """A process seen on the GPU during the interval. job_id None: it maps to no known job."""
+
+    job_id: int | None
+    pid: int
+    user: str | None
+    sm_pct: float
+    job_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigSlot:
+    """One MIG instance of the parent GPU: its slices, who holds it, its activity (or None)."""
+
+    slices: int
+    tenancies: tuple[Tenancy, ...]
+    activity_pct: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSignals:
+    """What is known about the GPU during one interval besides its energy."""
+
+    baseline_mw: int = 0  # idle power of the GPU model; 0 when the model is unknown
+    processes: tuple[ProcessUse, ...] = ()
+    mig: tuple[MigSlot, ...] = ()
+    total_slices: int = 7
+
 
 @dataclass(frozen=True, slots=True)
 class Share:
     hour_us: int  # start of the UTC hour
-    job_id: int | None  # None = the GPU's IDLE account
+    job_id: int | None  # None and pid None: IDLE; None with a pid: UNATTRIBUTED
     method: str
     energy_mj: int
     gpu_us: int
+    pid: int | None = None
+    user: str | None = None
+    job_key: str | None = None
 
 
-def _cut_points(t0: int, t1: int, tenancies: Iterable[Tenancy]) -> list[int]:
+NO_SIGNALS = GpuSignals()
+
+
+def split_weighted(amount: int, weights: Sequence[float]) -> list[int]:
+    """Integer parts proportional to `weights` that add up to `amount` exactly (largest remainder)."""
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("weights must have a positive sum")
+    raw = [amount * w / total for w in weights]
+    parts = [int(r) for r in raw]
+    left = amount - sum(parts)
+    for i in sorted(range(len(raw)), key=lambda i: (parts[i] - raw[i], i))[:left]:
+        parts[i] += 1
+    return parts
+
+
+def split_evenly(amount: int, ways: int) -> list[int]:
+    base, extra = divmod(amount, ways)
+    return [base + (1 if i < extra else 0) for i in range(ways)]
+
+
+def _cut_points(t0: int, t1: int, tenancies: Sequence[Tenancy]) -> list[int]:
     points = {t0, t1}
     hour = t0 - t0 % US_PER_HOUR + US_PER_HOUR
     while hour < t1:
@@ -47,9 +114,68 @@ def _cut_points(t0: int, t1: int, tenancies: Iterable[Tenancy]) -> list[int]:
     return sorted(points)
 
 
-def _split_evenly(amount: int, ways: int) -> list[int]:
-    base, extra = divmod(amount, ways)
-    return [base + (1 if i < extra else 0) for i in range(ways)]
+@dataclass
+class _Piece:
+    """One time piece of an interval, being divided among accounts."""
+
+    hour_us: int
+    duration_us: int
+    estimated: str | None  # the interval's method when it was estimated
+    shares: list[Share] = field(default_factory=list)
+
+    def give(self, job_id: int | None, method: str, energy_mj: int, gpu_us: int = 0, process=None) -> None:
+        method = self.estimated or method
+        if process is not None:
+            self.shares.append(Share(self.hour_us, job_id, method, energy_mj, gpu_us,
+                                     None if job_id else process.pid, None if job_id else process.user,
+                                     None if job_id else process.job_key))
+        else:
+            self.shares.append(Share(self.hour_us, job_id, method, energy_mj, gpu_us))
+
+    def evenly(self, holders: list[int], method: str, energy_mj: int, gpu_us: int) -> None:
+        if not holders:
+            self.give(None, Method.exclusive, energy_mj, gpu_us)
+            return
+        for job_id, part, time_part in zip(
+            holders, split_evenly(energy_mj, len(holders)), split_evenly(gpu_us, len(holders)), strict=True
+        ):
+            self.give(job_id, method, part, time_part)
+
+
+def _shared_gpu(piece: _Piece, energy: int, holders: list[int], signals: GpuSignals) -> None:
+    baseline = min(energy, signals.baseline_mw * piece.duration_us // 1_000_000)
+    active = energy - baseline
+    piece.evenly(holders, Method.even, baseline, piece.duration_us)
+    users = [p for p in signals.processes if p.sm_pct > 0]
+    if users and active:
+        for process, part in zip(users, split_weighted(active, [p.sm_pct for p in users]), strict=True):
+            piece.give(process.job_id, Method.sm_share, part, process=process)
+    elif active:
+        piece.evenly(holders, Method.even, active, 0)
+
+
+def _mig_gpu(piece: _Piece, energy: int, a: int, b: int, signals: GpuSignals) -> None:
+    slots = signals.mig
+    free_slices = max(0, signals.total_slices - sum(s.slices for s in slots))
+    holders = [sorted(t.job_id for t in s.tenancies if t.covers(a, b)) for s in slots]
+    activity = [(s.activity_pct or 0.0) * s.slices for s in slots]
+    by_activity = all(s.activity_pct is not None for s in slots) and sum(activity) > 0
+    if by_activity:
+        baseline = min(energy, signals.baseline_mw * piece.duration_us // 1_000_000)
+        active = energy - baseline
+        method = Method.mig_activity
+        active_parts = split_weighted(active, activity)
+        active_parts.append(0)
+    else:
+        baseline, method = energy, Method.mig_slice
+        active_parts = [0] * (len(slots) + 1)
+    weights = [s.slices for s in slots] + [free_slices]
+    if sum(weights) == 0:
+        weights[-1] = 1
+    base_parts = split_weighted(baseline, weights)
+    time_parts = split_weighted(piece.duration_us, weights)
+    for i, slot_holders in enumerate([*holders, []]):
+        piece.evenly(slot_holders, method, base_parts[i] + active_parts[i], time_parts[i])
 
 
 def attribute_interval(
@@ -58,12 +184,9 @@ def attribute_interval(
     energy_mj: int,
     source_method: str,
     tenancies: Sequence[Tenancy],
+    signals: GpuSignals = NO_SIGNALS,
 ) -> list[Share]:
-    """The shares of one interval; Σ share.energy_mj == energy_mj exactly.
-
-    Time with no tenant goes to IDLE; one tenant pays all of it (idle baseline included);
-    several co-tenants split it evenly, the remainder going to the lowest job ids.
-    """
+    """The shares of one interval; Σ share.energy_mj == energy_mj exactly."""
     if end_us <= start_us:
         raise ValueError("an interval must end after it starts")
     if energy_mj < 0:
@@ -73,26 +196,34 @@ def attribute_interval(
     def cumulative(t: int) -> int:
         return energy_mj * (t - start_us) // duration
 
+    estimated = None if source_method == "counter" else str(Method(source_method))
+    every_tenancy = [*tenancies, *(t for slot in signals.mig for t in slot.tenancies)]
+    points = _cut_points(start_us, end_us, every_tenancy)
     shares: list[Share] = []
-    points = _cut_points(start_us, end_us, tenancies)
     for a, b in zip(points, points[1:], strict=False):
+        piece = _Piece(a - a % US_PER_HOUR, b - a, estimated)
         energy = cumulative(b) - cumulative(a)
-        hour = a - a % US_PER_HOUR
-        holders = sorted(
-            t.job_id for t in tenancies if t.start_us <= a and (t.end_us is None or t.end_us >= b)
-        )
-        if source_method == "counter":
-            method = Method.exclusive if len(holders) <= 1 else Method.even
+        if signals.mig:
+            _mig_gpu(piece, energy, a, b, signals)
         else:
-            method = Method(source_method)
-        if not holders:
-            shares.append(Share(hour, None, method, energy, b - a))
-            continue
-        for job_id, part, time_part in zip(
-            holders,
-            _split_evenly(energy, len(holders)),
-            _split_evenly(b - a, len(holders)),
-            strict=True,
-        ):
-            shares.append(Share(hour, job_id, method, part, time_part))
+            holders = sorted(t.job_id for t in tenancies if t.covers(a, b))
+            parties = set(holders) | {p.job_id for p in signals.processes if p.sm_pct > 0}
+            if len(parties) <= 1 and None not in parties:
+                piece.evenly(holders or [*parties], Method.exclusive, energy, b - a)
+            else:
+                _shared_gpu(piece, energy, holders, signals)
+        shares.extend(_merged(piece.shares))
     return shares
+
+
+def _merged(shares: list[Share]) -> list[Share]:
+    """One share per account and method within a piece (a baseline and an active part, say)."""
+    merged: dict[tuple, Share] = {}
+    for share in shares:
+        key = (share.job_id, share.method, share.pid, share.user, share.job_key)
+        if key in merged:
+            old = merged[key]
+            share = Share(old.hour_us, old.job_id, old.method, old.energy_mj + share.energy_mj,
+                          old.gpu_us + share.gpu_us, old.pid, old.user, old.job_key)
+        merged[key] = share
+    return list(merged.values())

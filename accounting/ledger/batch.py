@@ -14,6 +14,30 @@ class BatchGpu(BaseModel):
     uuid: str = Field(min_length=1, max_length=96)
     name: str | None = Field(default=None, max_length=200)
     index: int | None = Field(default=None, ge=0, le=4096)
+    parent_uuid: str | None = Field(default=None, min_length=1, max_length=96)
+    mig_profile: str | None = Field(default=None, max_length=32)
+    mig_slices: int | None = Field(default=None, ge=1, le=8)
+
+
+class BatchProcess(BaseModel):
+    """A process on the GPU. Neither job_key nor user: the node could not look it up
+    (no resolver), so it says nothing about who used the GPU."""
+
+    model_config = ConfigDict(extra="ignore")
+    pid: int = Field(ge=0, le=2**31)
+    sm_pct: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    job_key: str | None = Field(default=None, min_length=3, max_length=300, pattern=r"^[^:]+:.+$")
+    user: str | None = Field(default=None, max_length=200)
+
+    @property
+    def resolved(self) -> bool:
+        return self.job_key is not None or self.user is not None
+
+
+class BatchMig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    uuid: str = Field(min_length=1, max_length=96)
+    activity_pct: float = Field(ge=0, le=100, allow_inf_nan=False)
 
 
 class BatchInterval(BaseModel):
@@ -29,6 +53,8 @@ class BatchInterval(BaseModel):
     memory_used_bytes: int | None = Field(default=None, ge=0)
     sm_clock_mhz: int | None = Field(default=None, ge=0, le=100_000)
     pids: list[int] = Field(default_factory=list)
+    processes: list[BatchProcess] = Field(default_factory=list, max_length=4096)
+    mig: list[BatchMig] = Field(default_factory=list, max_length=8)
 
     @model_validator(mode="after")
     def _ordered(self) -> BatchInterval:

@@ -25,7 +25,10 @@ class Method(StrEnum):
     """How a ledger row's energy was obtained and split."""
 
     exclusive = "exclusive"  # counter energy; one holder (a job, or IDLE) had the whole GPU
-    even = "even"  # counter energy split evenly among co-tenants
+    even = "even"  # counter energy split evenly among co-tenants (and every idle baseline share)
+    sm_share = "sm-share"  # active energy split by per-process SM utilization
+    mig_activity = "mig-activity"  # MIG: active energy by per-instance activity, baseline by slices
+    mig_slice = "mig-slice"  # MIG: all energy by slice size (no activity signal)
     power_integral = "power-integral"  # estimated: counter reset or no counter, power integrated
     missing = "missing"  # neither counter nor power could be read (0 mJ, time still counted)
 
@@ -46,6 +49,10 @@ class Sample(SQLModel, table=True):
     memory_util_pct: int | None = None
     memory_used_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
     sm_clock_mhz: int | None = None
+    # [{"pid", "sm_pct", "job_key", "user", "resolved"}]: kept so re-attribution can use them
+    processes: list | None = Field(default=None, sa_type=sa.JSON)
+    # MIG parent: [{"uuid", "activity_pct"}] per instance
+    mig: list | None = Field(default=None, sa_type=sa.JSON)
 
 
 class IngestedBatch(SQLModel, table=True):
@@ -93,3 +100,19 @@ class LedgerEntry(SQLModel, table=True):
     method: str = Field(max_length=32)
     energy_mj: int = Field(sa_type=sa.BigInteger)
     gpu_us: int = Field(sa_type=sa.BigInteger)  # GPU time charged to the account, µs
+
+
+class UnattributedUse(SQLModel, table=True):
+    """Energy of processes that map to no job, per GPU, hour, pid and user (the UNATTRIBUTED
+    account's detail)."""
+
+    __tablename__ = "unattributed_use"
+    __table_args__ = (sa.UniqueConstraint("gpu_id", "hour", "pid", "user", name="uq_unattributed_key"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    gpu_id: int = Field(foreign_key="gpu.id")
+    hour: datetime = Field(sa_type=UTCDateTime, index=True)
+    pid: int
+    user: str = Field(max_length=200)  # "?" when the node could not tell
+    job_key: str | None = Field(default=None, max_length=300)  # a key no registered job has
+    energy_mj: int = Field(sa_type=sa.BigInteger)

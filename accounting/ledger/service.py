@@ -7,7 +7,6 @@ cannot disagree. The caller owns the transaction (and commits once).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,16 +18,35 @@ from accounting.clock import Clock, hour_floor_us, to_datetime, to_us
 from accounting.db import lock_gpus
 from accounting.errors import InvalidInput
 from accounting.gpu.specs import match_spec
-from accounting.jobs.models import Allocation, Gpu
+from accounting.jobs.models import Gpu
 
-from .attribution import Share, Tenancy, attribute_interval
+from .attribution import Share, attribute_interval
 from .batch import Batch
-from .models import IDLE, GpuEvent, IngestedBatch, LedgerEntry, Sample, job_account
+from .models import IDLE, UNATTRIBUTED, GpuEvent, IngestedBatch, LedgerEntry, Sample, UnattributedUse, job_account
+from .signals import SignalBuilder
 
 log = logging.getLogger(__name__)
 
-# (gpu_id, hour_us, job_id or None, method) → [energy_mj, gpu_us]
-Deltas = dict[tuple[int, int, int | None, str], list[int]]
+
+class Deltas:
+    """Energy and GPU time to add to ledger rows, and the unattributed processes' detail."""
+
+    def __init__(self) -> None:
+        self.ledger: dict[tuple[int, int, str, int | None, str], list[int]] = {}
+        self.unattributed: dict[tuple[int, int, int, str], list] = {}
+
+    def add(self, gpu_id: int, shares: Iterable[Share], min_hour_us: int = 0) -> None:
+        for s in shares:
+            if s.hour_us < min_hour_us:
+                continue
+            account = job_account(s.job_id) if s.job_id else (UNATTRIBUTED if s.pid is not None else IDLE)
+            slot = self.ledger.setdefault((gpu_id, s.hour_us, account, s.job_id, str(s.method)), [0, 0])
+            slot[0] += s.energy_mj
+            slot[1] += s.gpu_us
+            if account == UNATTRIBUTED:
+                detail = self.unattributed.setdefault((gpu_id, s.hour_us, s.pid, s.user or "?"), [0, None])
+                detail[0] += s.energy_mj
+                detail[1] = s.job_key or detail[1]
 
 
 @dataclass(frozen=True)
@@ -49,104 +67,69 @@ def parse_batch(raw: dict) -> Batch:
         raise InvalidInput(field, first["msg"]) from exc
 
 
-def ensure_gpus(session: Session, batch: Batch, *, now_us: int) -> dict[str, int]:
-    """Register the batch's GPUs (insert-if-absent, race-free) and return uuid → id."""
-    described = {g.uuid: g for g in batch.gpus}
-    uuids = set(described) | {i.uuid for i in batch.intervals}
-    uuids |= {e.uuid for e in batch.events if e.uuid}
-    if not uuids:
-        return {}
-    return register_gpus(session, sorted(uuids), now_us=now_us, node=batch.node, described=described)
+def _insert(session: Session):
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 def register_gpus(
     session: Session, uuids: Sequence[str], *, now_us: int, node: str | None = None, described=None
 ) -> dict[str, int]:
+    """Insert-if-absent (race-free) and describe GPUs; returns uuid → id."""
     described = described or {}
+    uuids = sorted(set(uuids) | set(described) | {d.parent_uuid for d in described.values() if d.parent_uuid})
     table = Gpu.__table__
     now = to_datetime(now_us)
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     rows = [{"uuid": u, "first_seen_at": now} for u in uuids]
-    session.execute(insert(table).values(rows).on_conflict_do_nothing(index_elements=["uuid"]))
+    session.execute(_insert(session)(table).values(rows).on_conflict_do_nothing(index_elements=["uuid"]))
     ids = dict(session.execute(sa.select(table.c.uuid, table.c.id).where(table.c.uuid.in_(uuids))).all())
-    for uuid, info in described.items():
-        spec = match_spec(info.name) if info.name else None
+    for uuid, info in sorted(described.items(), key=lambda item: ids[item[0]]):  # id order: no deadlocks
+        spec = match_spec(info.name) if info.name and not info.parent_uuid else None
         session.execute(
-            sa.update(table)
-            .where(table.c.id == ids[uuid])
-            .values(name=info.name, index=info.index, node=node,
-                    model=spec.model if spec else None, last_seen_at=now)
+            sa.update(table).where(table.c.id == ids[uuid]).values(
+                name=info.name, index=info.index, node=node, model=spec.model if spec else None, last_seen_at=now,
+                parent_id=ids[info.parent_uuid] if info.parent_uuid else None,
+                mig_profile=info.mig_profile, mig_slices=info.mig_slices,
+            )
         )
     return ids
 
 
-def tenancies_for(session: Session, gpu_ids: Iterable[int], from_us: int, to_us_: int) -> dict[int, list[Tenancy]]:
-    a = Allocation.__table__
-    rows = session.execute(
-        sa.select(a.c.gpu_id, a.c.job_id, a.c.start_at, a.c.end_at).where(
-            a.c.gpu_id.in_(list(gpu_ids)),
-            a.c.start_at < to_datetime(to_us_),
-            sa.or_(a.c.end_at.is_(None), a.c.end_at > to_datetime(from_us)),
-        )
-    ).all()
-    result: dict[int, list[Tenancy]] = defaultdict(list)
-    for gpu_id, job_id, start_at, end_at in rows:
-        result[gpu_id].append(Tenancy(job_id, to_us(start_at), to_us(end_at) if end_at else None))
-    return result
-
-
-def _accumulate(deltas: Deltas, gpu_id: int, shares: Iterable[Share], min_hour_us: int = 0) -> None:
-    for share in shares:
-        if share.hour_us < min_hour_us:
-            continue
-        slot = deltas.setdefault((gpu_id, share.hour_us, share.job_id, str(share.method)), [0, 0])
-        slot[0] += share.energy_mj
-        slot[1] += share.gpu_us
-
-
 def add_to_ledger(session: Session, deltas: Deltas) -> None:
     """Add energy and GPU time to ledger rows (the GPUs must be locked by the caller)."""
-    if not deltas:
+    _upsert_add(session, LedgerEntry.__table__, ("gpu_id", "hour", "account", "method"), [
+        {"gpu_id": gpu_id, "hour": to_datetime(hour_us), "account": account, "job_id": job_id, "method": method,
+         "energy_mj": energy, "gpu_us": gpu_us}
+        for (gpu_id, hour_us, account, job_id, method), (energy, gpu_us) in deltas.ledger.items()
+    ], ("energy_mj", "gpu_us"))
+    _upsert_add(session, UnattributedUse.__table__, ("gpu_id", "hour", "pid", "user"), [
+        {"gpu_id": gpu_id, "hour": to_datetime(hour_us), "pid": pid, "user": user, "energy_mj": energy,
+         "job_key": job_key}
+        for (gpu_id, hour_us, pid, user), (energy, job_key) in deltas.unattributed.items()
+    ], ("energy_mj",))
+
+
+def _upsert_add(session: Session, table: sa.Table, key: tuple[str, ...], rows: list[dict], sums: tuple[str, ...]):
+    """INSERT … ON CONFLICT (key) DO UPDATE SET col = col + excluded.col, on both databases."""
+    if not rows:
         return
-    t = LedgerEntry.__table__
-    gpu_ids = {k[0] for k in deltas}
-    hours = {to_datetime(k[1]) for k in deltas}
-    existing = {
-        (gpu_id, to_us(hour), account, method): (row_id, energy, gpu_us)
-        for row_id, gpu_id, hour, account, method, energy, gpu_us in session.execute(
-            sa.select(t.c.id, t.c.gpu_id, t.c.hour, t.c.account, t.c.method, t.c.energy_mj, t.c.gpu_us)
-            .where(t.c.gpu_id.in_(gpu_ids), t.c.hour.in_(hours))
-        )
-    }
-    updates, inserts = [], []
-    for (gpu_id, hour_us, job_id, method), (energy, gpu_us) in deltas.items():
-        account = IDLE if job_id is None else job_account(job_id)
-        found = existing.get((gpu_id, hour_us, account, method))
-        if found:
-            updates.append({"row_id": found[0], "e": found[1] + energy, "g": found[2] + gpu_us})
-        else:
-            inserts.append({"gpu_id": gpu_id, "hour": to_datetime(hour_us), "account": account,
-                            "job_id": job_id, "method": method, "energy_mj": energy, "gpu_us": gpu_us})
-    if updates:
-        session.execute(
-            sa.update(t).where(t.c.id == sa.bindparam("row_id"))
-            .values(energy_mj=sa.bindparam("e"), gpu_us=sa.bindparam("g")),
-            updates,
-            execution_options={"synchronize_session": False},
-        )
-    if inserts:
-        session.execute(sa.insert(t), inserts)
+    statement = _insert(session)(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key), set_={c: table.c[c] + statement.excluded[c] for c in sums}
+    )
+    session.execute(statement, rows)
 
 
 def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
     """Take one sampler batch into samples and the ledger, exactly once per (node, seq)."""
     batch = parse_batch(raw)
     now_us = clock.now_us()
-    ids = ensure_gpus(session, batch, now_us=now_us)
+    uuids = {i.uuid for i in batch.intervals} | {e.uuid for e in batch.events if e.uuid}
+    ids = register_gpus(session, sorted(uuids), now_us=now_us, node=batch.node,
+                        described={g.uuid: g for g in batch.gpus})
     lock_gpus(session, list(ids.values()))
     seen = session.execute(
         sa.select(IngestedBatch.id).where(IngestedBatch.node == batch.node, IngestedBatch.seq == batch.seq)
@@ -156,22 +139,28 @@ def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
         log.info("batch %s/%s already ingested; ignored", batch.node, batch.seq)
         return IngestResult(batch.node, batch.seq, True, len(batch.intervals), total_mj)
     if batch.intervals:
-        session.execute(sa.insert(Sample.__table__), [
+        rows = [
             {"gpu_id": ids[i.uuid], "start_at": to_datetime(i.start_us), "end_at": to_datetime(i.end_us),
              "energy_mj": i.energy_mj, "method": i.method, "power_mw": i.power_mw,
              "gpu_util_pct": i.gpu_util_pct, "memory_util_pct": i.memory_util_pct,
-             "memory_used_bytes": i.memory_used_bytes, "sm_clock_mhz": i.sm_clock_mhz}
+             "memory_used_bytes": i.memory_used_bytes, "sm_clock_mhz": i.sm_clock_mhz,
+             "processes": [p.model_dump() for p in i.processes] or None,
+             "mig": [m.model_dump() for m in i.mig] or None}
             for i in batch.intervals
-        ])
-        tenancies = tenancies_for(
-            session, {ids[i.uuid] for i in batch.intervals},
+        ]
+        session.execute(sa.insert(Sample.__table__), rows)
+        signals = SignalBuilder(
+            session, sorted({r["gpu_id"] for r in rows}),
             min(i.start_us for i in batch.intervals), max(i.end_us for i in batch.intervals),
+            {p.job_key for i in batch.intervals for p in i.processes if p.job_key},
         )
-        deltas: Deltas = {}
-        for i in batch.intervals:
-            gpu_id = ids[i.uuid]
-            shares = attribute_interval(i.start_us, i.end_us, i.energy_mj, i.method, tenancies.get(gpu_id, []))
-            _accumulate(deltas, gpu_id, shares)
+        deltas = Deltas()
+        for interval, row in zip(batch.intervals, rows, strict=True):
+            gpu_id = row["gpu_id"]
+            deltas.add(gpu_id, attribute_interval(
+                interval.start_us, interval.end_us, interval.energy_mj, interval.method,
+                signals.tenancies.get(gpu_id, []), signals.for_interval(gpu_id, row["processes"], row["mig"]),
+            ))
         add_to_ledger(session, deltas)
     if batch.events:
         session.execute(sa.insert(GpuEvent.__table__), [
@@ -185,6 +174,13 @@ def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
     return IngestResult(batch.node, batch.seq, False, len(batch.intervals), total_mj)
 
 
+def metered_gpu_ids(session: Session, gpu_ids: Sequence[int]) -> list[int]:
+    """The GPUs whose energy is metered: a MIG instance is metered on its parent."""
+    g = Gpu.__table__
+    rows = session.execute(sa.select(g.c.id, g.c.parent_id).where(g.c.id.in_(list(gpu_ids)))).all()
+    return sorted({parent_id or gpu_id for gpu_id, parent_id in rows})
+
+
 def reattribute(session: Session, gpu_ids: Sequence[int], from_us: int) -> int:
     """Recompute the ledger of these GPUs from the hour of `from_us` on, from the raw samples.
 
@@ -192,10 +188,11 @@ def reattribute(session: Session, gpu_ids: Sequence[int], from_us: int) -> int:
     late, or finished at a past time). Hours whose samples have expired are left as they are.
     Returns the number of samples re-attributed.
     """
+    gpu_ids = metered_gpu_ids(session, gpu_ids)
     lock_gpus(session, gpu_ids)
-    t, s, g = LedgerEntry.__table__, Sample.__table__, Gpu.__table__
+    t, s, g, u = LedgerEntry.__table__, Sample.__table__, Gpu.__table__, UnattributedUse.__table__
     done = 0
-    for gpu_id in sorted(set(gpu_ids)):
+    for gpu_id in gpu_ids:
         expired_before = session.execute(
             sa.select(g.c.samples_expired_before).where(g.c.id == gpu_id)
         ).scalar_one_or_none()
@@ -203,18 +200,22 @@ def reattribute(session: Session, gpu_ids: Sequence[int], from_us: int) -> int:
         if expired_before is not None:
             start_hour = max(start_hour, to_us(expired_before))
         samples = session.execute(
-            sa.select(s.c.start_at, s.c.end_at, s.c.energy_mj, s.c.method)
+            sa.select(s.c.start_at, s.c.end_at, s.c.energy_mj, s.c.method, s.c.processes, s.c.mig)
             .where(s.c.gpu_id == gpu_id, s.c.end_at > to_datetime(start_hour))
         ).all()
-        session.execute(sa.delete(t).where(t.c.gpu_id == gpu_id, t.c.hour >= to_datetime(start_hour)))
+        for table in (t, u):
+            session.execute(sa.delete(table).where(table.c.gpu_id == gpu_id, table.c.hour >= to_datetime(start_hour)))
         if not samples:
             continue
         last_us = max(to_us(row.end_at) for row in samples)
-        tenancies = tenancies_for(session, [gpu_id], start_hour, last_us).get(gpu_id, [])
-        deltas: Deltas = {}
+        keys = {p.get("job_key") for row in samples for p in row.processes or () if p.get("job_key")}
+        signals = SignalBuilder(session, [gpu_id], start_hour, last_us, keys)
+        deltas = Deltas()
         for row in samples:
-            shares = attribute_interval(to_us(row.start_at), to_us(row.end_at), row.energy_mj, row.method, tenancies)
-            _accumulate(deltas, gpu_id, shares, min_hour_us=start_hour)
+            deltas.add(gpu_id, attribute_interval(
+                to_us(row.start_at), to_us(row.end_at), row.energy_mj, row.method,
+                signals.tenancies.get(gpu_id, []), signals.for_interval(gpu_id, row.processes, row.mig),
+            ), min_hour_us=start_hour)
         add_to_ledger(session, deltas)
         done += len(samples)
     return done

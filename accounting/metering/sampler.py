@@ -17,7 +17,7 @@ from typing import Any
 
 from accounting.clock import Clock
 from accounting.errors import GpuError, GpuLost
-from accounting.gpu.backend import GpuBackend, GpuInfo, GpuProcess, GpuReading
+from accounting.gpu.backend import GpuBackend, GpuInfo, GpuProcess, GpuReading, ProcessResolver
 from accounting.metering.energy import interval_energy, is_counter_reset
 from accounting.metering.spool import CorruptBatch, Spool
 
@@ -30,19 +30,24 @@ STATE_VERSION = 1
 def reading_to_json(reading: GpuReading) -> dict[str, Any]:
     doc = asdict(reading)
     doc["processes"] = [[p.pid, p.used_memory_bytes] for p in reading.processes]
+    doc["mig"] = []  # JSON-shaped, as the spool will give it back
     return doc
 
 
 def reading_from_json(doc: dict[str, Any]) -> GpuReading:
+    # A baseline only needs its counter, power and time: MIG activity is not carried over.
     processes = tuple(GpuProcess(pid, mem) for pid, mem in doc.get("processes", ()))
-    return GpuReading(**{**doc, "processes": processes})
+    return GpuReading(**{**doc, "processes": processes, "mig": ()})
 
 
 class Sampler:
     """Reads one node's GPUs, keeps their intervals contiguous, and spools them as batches."""
 
-    def __init__(self, *, backend: GpuBackend, spool: Spool, clock: Clock, node: str) -> None:
+    def __init__(
+        self, *, backend: GpuBackend, spool: Spool, clock: Clock, node: str, resolver: ProcessResolver | None = None
+    ) -> None:
         self.backend = backend
+        self.resolver = resolver  # pid → job on this node; None: processes are reported unowned
         self.spool = spool
         self.clock = clock
         self.node = node
@@ -132,9 +137,20 @@ class Sampler:
                 "memory_used_bytes": cur.memory_used_bytes,
                 "sm_clock_mhz": cur.sm_clock_mhz,
                 "pids": [p.pid for p in cur.processes],
+                "processes": [self._process(p) for p in cur.processes],
+                "mig": [{"uuid": m.uuid, "activity_pct": m.activity_pct} for m in cur.mig],
             }
         )
         self._last[uuid] = cur
+
+    def _process(self, process: GpuProcess) -> dict[str, Any]:
+        owner = self.resolver.owner(process.pid) if self.resolver else None
+        return {
+            "pid": process.pid,
+            "sm_pct": process.sm_util_pct,
+            "job_key": owner.job_key if owner else None,
+            "user": owner.user if owner else None,
+        }
 
     def _mark_lost(self, uuid: str, detail: str) -> None:
         # The baseline stays: when the GPU returns, one interval covers the whole gap.
@@ -227,7 +243,24 @@ class Sampler:
         uuids |= {e["uuid"] for e in self._events if e["uuid"] is not None}
         infos = [self._info[u] for u in uuids if u in self._info]
         infos.sort(key=lambda i: (i.index, i.uuid))
-        return [{"uuid": i.uuid, "name": i.name, "index": i.index} for i in infos]
+        described = []
+        for info in infos:
+            described.append({"uuid": info.uuid, "name": info.name, "index": info.index})
+            for mig in self._instances(info.uuid):
+                described.append({"uuid": mig.uuid, "name": mig.name, "index": mig.index,
+                                  "parent_uuid": info.uuid, "mig_profile": mig.mig_profile,
+                                  "mig_slices": mig.mig_slices})
+        return described
+
+    def _instances(self, uuid: str) -> list[GpuInfo]:
+        lister = getattr(self.backend, "mig_instances", None)
+        if lister is None:
+            return []
+        try:
+            return lister(uuid)
+        except GpuError as exc:
+            self._report(uuid, "read-error", f"listing MIG instances failed: {exc}")
+            return []
 
     # state
 

@@ -86,7 +86,8 @@ def get_job_energy(job_id: int, session: SessionDep, unit: EnergyUnit = EnergyUn
         energy=energy_from_mj(energy.energy_mj, unit),
         energy_mj=energy.energy_mj,
         gpu_hours=energy.gpu_us / 3.6e9,
-        per_gpu=[GpuEnergy(gpu_uuid=u, energy=energy_from_mj(energy.per_gpu_mj.get(u, 0), unit)) for u in uuids],
+        per_gpu=[GpuEnergy(gpu_uuid=u, energy=energy_from_mj(energy.per_gpu_mj.get(u, 0), unit))
+                 for u in service.metered_uuids(session, uuids, energy.per_gpu_mj)],
         by_method={m: energy_from_mj(v, unit) for m, v in energy.by_method_mj.items()},
         estimated=[
             EstimatedInterval(gpu_uuid=p.gpu_uuid, hour=p.hour, energy=energy_from_mj(p.energy_mj, unit))

@@ -182,6 +182,11 @@ def test_batch_format_is_exactly_what_ingest_expects(backend, tmp_path):
         "memory_used_bytes": 2 * 2**30,
         "sm_clock_mhz": 1980,
         "pids": [4001, 5001],
+        "processes": [  # no resolver: nobody owns them; no per-process utilization reported
+            {"pid": 4001, "sm_pct": None, "job_key": None, "user": None},
+            {"pid": 5001, "sm_pct": None, "job_key": None, "user": None},
+        ],
+        "mig": [],
     }
     assert batch["state_after"]["next_seq"] == 2
     assert spooled(tmp_path) == [batch]  # what was spooled is what was returned

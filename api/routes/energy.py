@@ -1,0 +1,107 @@
+"""Energy per group over a period, with the idle policy stated; unattributed processes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from accounting.errors import InvalidInput
+from accounting.jobs.models import Gpu
+from accounting.ledger.grouping import TREATMENT, GroupBy, IdlePolicy, energy_by_group
+from accounting.ledger.models import UnattributedUse
+from accounting.units import EnergyUnit, energy_from_mj
+
+from ..deps import SessionDep
+
+router = APIRouter(tags=["energy"])
+
+
+class Group(BaseModel):
+    group: str
+    energy_j: float = Field(description="The group's energy including any idle re-allocated to it, J.")
+    attributed_j: float = Field(description="Energy attributed to the group's jobs before idle re-allocation, J.")
+    idle_j: float = Field(description="Idle energy re-allocated to the group by the idle policy, J.")
+    energy: float = Field(description="energy_j in `unit`.")
+    gpu_hours: float
+    jobs: int
+
+
+class EnergyAnswer(BaseModel):
+    group_by: GroupBy
+    idle_policy: IdlePolicy
+    idle_treatment: str
+    unit: EnergyUnit
+    start: datetime
+    end: datetime
+    groups: list[Group]
+    total_j: float = Field(description="Metered energy of the period; the same under every idle policy.")
+    total: float = Field(description="total_j in `unit`.")
+    idle_j: float = Field(description="All idle energy of the period, wherever the policy put it.")
+    unallocated_idle_j: float = Field(description="Idle energy that no group carries under this policy.")
+    unattributed_j: float
+    total_mj: int
+
+
+def _period(start: datetime, end: datetime) -> None:
+    for name, value in (("from", start), ("to", end)):
+        if value.tzinfo is None:
+            raise InvalidInput(name, "give a time zone, e.g. 2026-01-01T00:00:00Z")
+    if end <= start:
+        raise InvalidInput("to", "must be after `from`")
+
+
+@router.get("/energy", response_model=EnergyAnswer)
+def get_energy(
+    session: SessionDep,
+    from_: datetime = Query(alias="from", description="Start of the period (whole UTC hours are counted)."),
+    to: datetime = Query(description="End of the period, exclusive."),
+    group_by: GroupBy = GroupBy.team,
+    idle_policy: IdlePolicy = IdlePolicy.separate,
+    unit: EnergyUnit = EnergyUnit.kWh,
+):
+    _period(from_, to)
+    report = energy_by_group(session, group_by=group_by, idle_policy=idle_policy, start=from_, end=to)
+    return EnergyAnswer(
+        group_by=group_by, idle_policy=idle_policy, idle_treatment=TREATMENT[idle_policy], unit=unit,
+        start=from_, end=to,
+        groups=[
+            Group(group=g.key, energy_j=g.energy_mj / 1000, attributed_j=g.own_mj / 1000, idle_j=g.idle_mj / 1000,
+                  energy=energy_from_mj(g.energy_mj, unit), gpu_hours=g.gpu_us / 3.6e9, jobs=len(g.jobs))
+            for g in report.groups
+        ],
+        total_j=report.total_mj / 1000, total=energy_from_mj(report.total_mj, unit),
+        idle_j=report.idle_mj / 1000, unallocated_idle_j=report.unallocated_idle_mj / 1000,
+        unattributed_j=report.unattributed_mj / 1000, total_mj=report.total_mj,
+    )
+
+
+class UnattributedProcess(BaseModel):
+    gpu_uuid: str
+    hour: datetime
+    pid: int
+    user: str
+    job_key: str | None = Field(description="The job the node named, when no registered job has that key.")
+    energy_j: float
+
+
+@router.get("/unattributed", response_model=list[UnattributedProcess])
+def get_unattributed(
+    session: SessionDep,
+    from_: datetime = Query(alias="from"),
+    to: datetime = Query(),
+    limit: int = Query(1000, ge=1, le=10_000),
+):
+    _period(from_, to)
+    u, g = UnattributedUse.__table__, Gpu.__table__
+    rows = session.execute(
+        sa.select(g.c.uuid, u.c.hour, u.c.pid, u.c.user, u.c.job_key, u.c.energy_mj)
+        .join(g, g.c.id == u.c.gpu_id)
+        .where(u.c.hour >= from_, u.c.hour < to)
+        .order_by(u.c.energy_mj.desc(), u.c.hour)
+        .limit(limit)
+    ).all()
+    return [UnattributedProcess(gpu_uuid=r.uuid, hour=r.hour, pid=r.pid, user=r.user, job_key=r.job_key,
+                                energy_j=r.energy_mj / 1000) for r in rows]
