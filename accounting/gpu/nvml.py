@@ -3,6 +3,8 @@
 It owns NVML's lifetime (one nvmlInit per backend, one nvmlShutdown on close), the device
 handles (cached by UUID at start), the decoding of NVML's answers into GpuReading, and the
 mapping of every NVMLError onto the project's error family: nothing NVML-typed leaves here.
+MIG enumeration and GPM activity live in `nvml_mig`, which gets this module's `pynvml` and
+error guard handed in rather than importing either.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from accounting.errors import (
     GpuUnknownError,
 )
 from accounting.gpu.backend import GpuInfo, GpuProcess, GpuReading
+from accounting.gpu.nvml_mig import MigMonitor
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,12 @@ _VALUE_FIELDS = {
     pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
     pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
 }
+# The first per-process utilization read of a GPU looks this far back; later ones start at the
+# newest sample already seen, so each sample is counted once.
+PROCESS_UTIL_LOOKBACK_US = 1_000_000
+# nvmlDeviceGetProcessUtilization's "no samples since then" (the binding raises NVMLError(SUCCESS)
+# when the driver reports success with nothing to size).
+_NO_SAMPLES = {pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS}
 
 
 def map_nvml_error(err: Exception, uuid: str | None = None) -> GpuError:
@@ -109,6 +118,8 @@ class NvmlBackend:
         # One lock serializes reads against close(), so no call reaches NVML after nvmlShutdown.
         self._lock = threading.Lock()
         self._closed = False
+        self._mig = MigMonitor(pynvml, _nvml_errors)
+        self._util_since_us: dict[str, int] = {}  # per GPU: the newest process sample seen
         try:
             pynvml.nvmlInit()
         except Exception as err:
@@ -146,6 +157,11 @@ class NvmlBackend:
     def gpus(self) -> list[GpuInfo]:
         return list(self._infos)
 
+    def mig_instances(self, uuid: str) -> list[GpuInfo]:
+        """The MIG devices carved from a physical GPU (see nvml_mig); [] when MIG is off."""
+        with self._lock:
+            return self._mig.instances(uuid, self._handle(uuid))
+
     def read(self, uuid: str) -> GpuReading:
         with self._lock:
             handle = self._handle(uuid)
@@ -159,6 +175,8 @@ class NvmlBackend:
                 pynvml.nvmlDeviceGetClockInfo, handle, uuid, pynvml.NVML_CLOCK_SM
             )
             procs = self._optional(pynvml.nvmlDeviceGetComputeRunningProcesses, handle, uuid)
+            sm_by_pid = self._process_sm_util(handle, uuid)
+            mig = self._mig.activity(uuid, handle, timestamp_us)
         return GpuReading(
             uuid=uuid,
             timestamp_us=timestamp_us,
@@ -168,8 +186,32 @@ class NvmlBackend:
             memory_util_pct=None if util is None else int(util.memory),
             memory_used_bytes=None if memory is None else int(memory.used),
             sm_clock_mhz=None if sm_clock_mhz is None else int(sm_clock_mhz),
-            processes=tuple(_process(p) for p in procs or ()),
+            processes=_processes(procs or (), sm_by_pid),
+            mig=mig,
         )
+
+    def _process_sm_util(self, handle: Any, uuid: str) -> dict[int, float]:
+        """Mean smUtil per pid over the driver's samples newer than the last one seen for this GPU;
+        {} where NVML has none or cannot tell (MIG, old drivers). Never raises.
+
+        Sample timestamps are Unix-epoch µs of the host clock, the scale of the backend's clock.
+        """
+        since_us = self._util_since_us.get(uuid)
+        if since_us is None:
+            since_us = self._util_since_us[uuid] = max(self._clock.now_us() - PROCESS_UTIL_LOOKBACK_US, 0)
+        try:
+            with _nvml_errors(uuid):
+                samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)
+        except GpuError as err:
+            if getattr(err.__cause__, "value", None) not in _NO_SAMPLES:
+                log.debug("NVML: no per-process utilization for %s: %s", uuid, err)
+            return {}
+        totals: dict[int, list[int]] = {}
+        for sample in samples:
+            totals.setdefault(int(sample.pid), []).append(int(sample.smUtil))
+            since_us = max(since_us, int(sample.timeStamp))
+        self._util_since_us[uuid] = since_us
+        return {pid: sum(values) / len(values) for pid, values in totals.items()}
 
     def instant_power_mw(self, uuid: str) -> int | None:
         """Instantaneous power (NVML_FI_DEV_POWER_INSTANT); None where the driver lacks it."""
@@ -202,6 +244,7 @@ class NvmlBackend:
             if self._closed:
                 return
             self._closed = True
+            self._mig.close()
             self._shutdown()
 
     def _shutdown(self) -> None:
@@ -238,8 +281,18 @@ class NvmlBackend:
             return None
 
 
-def _process(proc: Any) -> GpuProcess:
+def _processes(procs: Any, sm_by_pid: dict[int, float]) -> tuple[GpuProcess, ...]:
+    """The compute processes, then any pid seen only in the utilization samples (an MPS client
+    may show only there)."""
+    listed = [_process(p, sm_by_pid) for p in procs]
+    seen = {p.pid for p in listed}
+    extra = [GpuProcess(pid=pid, sm_util_pct=pct) for pid, pct in sorted(sm_by_pid.items()) if pid not in seen]
+    return tuple(listed + extra)
+
+
+def _process(proc: Any, sm_by_pid: dict[int, float]) -> GpuProcess:
     used = getattr(proc, "usedGpuMemory", None)
     if used == _NOT_AVAILABLE_U64:
         used = None
-    return GpuProcess(pid=int(proc.pid), used_memory_bytes=None if used is None else int(used))
+    pid = int(proc.pid)
+    return GpuProcess(pid=pid, used_memory_bytes=None if used is None else int(used), sm_util_pct=sm_by_pid.get(pid))

@@ -46,6 +46,11 @@ class FakeGpu:
     procs: Any = field(default_factory=list)
     fields: Any = None
     power_limit_mw: Any = 700_000
+    # nvmlDeviceGetProcessUtilization: samples (or an error); the timestamps it was asked for
+    proc_util: Any = field(default_factory=pynvml.NVMLError_NotFound)
+    util_since_us: list[int] = field(default_factory=list)
+    mig_mode: Any = (pynvml.NVML_DEVICE_MIG_DISABLE, pynvml.NVML_DEVICE_MIG_DISABLE)
+    gpm_support: Any = field(default_factory=lambda: SimpleNamespace(isSupportedDevice=0))
 
 
 def _answer(value: Any) -> Any:
@@ -77,6 +82,9 @@ class FakeNvml:
             "nvmlDeviceGetComputeRunningProcesses": lambda h: _answer(h.procs),
             "nvmlDeviceGetFieldValues": self._field_values,
             "nvmlDeviceGetEnforcedPowerLimit": lambda h: _answer(h.power_limit_mw),
+            "nvmlDeviceGetProcessUtilization": self._process_utilization,
+            "nvmlDeviceGetMigMode": lambda h: _answer(h.mig_mode),
+            "nvmlGpmQueryDeviceSupport": lambda h: _answer(h.gpm_support),
         }
         for name, fn in patches.items():
             monkeypatch.setattr(pynvml, name, fn)
@@ -94,9 +102,21 @@ class FakeNvml:
         return _answer(h.sm_clock_mhz)
 
     @staticmethod
+    def _process_utilization(h: FakeGpu, since_us: int) -> Any:
+        h.util_since_us.append(since_us)
+        return _answer(h.proc_util)
+
+    @staticmethod
     def _field_values(h: FakeGpu, field_ids: list[int]) -> Any:
         assert field_ids == [pynvml.NVML_FI_DEV_POWER_INSTANT]
         return _answer(h.fields)
+
+
+def util_sample(pid: int, sm: int, at_us: int) -> Any:
+    """A real ctypes nvmlProcessUtilizationSample_t."""
+    sample = pynvml.c_nvmlProcessUtilizationSample_t()
+    sample.pid, sample.smUtil, sample.timeStamp = pid, sm, at_us
+    return sample
 
 
 def power_field(value_mw: int, status: int = pynvml.NVML_SUCCESS) -> list[Any]:
@@ -174,6 +194,63 @@ def test_reads_decode_every_field(monkeypatch, clock) -> None:
     assert r.memory_used_bytes == 12 * 2**30
     assert r.sm_clock_mhz == 1980
     assert r.processes == (GpuProcess(41, 2**30), GpuProcess(42, None))
+
+
+def test_process_sm_util_is_the_mean_of_the_samples_since_the_last_read(monkeypatch, clock) -> None:
+    gpu = FakeGpu(procs=[SimpleNamespace(pid=41, usedGpuMemory=2**30), SimpleNamespace(pid=42, usedGpuMemory=None)])
+    FakeNvml(monkeypatch, [gpu])
+    backend = NvmlBackend(clock)
+    gpu.proc_util = [
+        util_sample(41, 50, T0_US - 600_000),
+        util_sample(42, 10, T0_US - 500_000),
+        util_sample(41, 70, T0_US - 400_000),
+        util_sample(99, 30, T0_US - 300_000),  # an MPS client, absent from the compute list
+    ]
+    r = backend.read("GPU-aaaa")
+    assert r.processes == (
+        GpuProcess(41, 2**30, sm_util_pct=60.0),
+        GpuProcess(42, None, sm_util_pct=10.0),
+        GpuProcess(99, None, sm_util_pct=30.0),
+    )
+    # The first read looks one second back; the next starts at the newest sample seen.
+    clock.advance(1.0)
+    gpu.proc_util = [util_sample(41, 90, T0_US + 800_000)]
+    assert backend.read("GPU-aaaa").processes[0] == GpuProcess(41, 2**30, sm_util_pct=90.0)
+    assert gpu.util_since_us == [T0_US - 1_000_000, T0_US - 300_000]
+
+
+def test_no_new_process_samples_keep_the_watermark(monkeypatch, clock) -> None:
+    gpu = FakeGpu(procs=[SimpleNamespace(pid=41, usedGpuMemory=2**30)])
+    FakeNvml(monkeypatch, [gpu])
+    backend = NvmlBackend(clock)
+    gpu.proc_util = [util_sample(41, 20, T0_US - 100)]
+    backend.read("GPU-aaaa")
+    gpu.proc_util = pynvml.NVMLError_NotFound()  # nothing since
+    clock.advance(5.0)
+    assert backend.read("GPU-aaaa").processes == (GpuProcess(41, 2**30),)
+    clock.advance(5.0)
+    gpu.proc_util = pynvml.NVMLError(pynvml.NVML_SUCCESS)  # the binding's "success, but nothing to size"
+    backend.read("GPU-aaaa")
+    assert gpu.util_since_us == [T0_US - 1_000_000, T0_US - 100, T0_US - 100]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pynvml.NVMLError_NotSupported(),  # MIG, old drivers
+        pynvml.NVMLError_NoPermission(),
+        pynvml.NVMLError_Unknown(),
+        pynvml.NVMLError_FunctionNotFound(),
+    ],
+)
+def test_process_utilization_failures_leave_sm_util_none_and_never_fail_the_read(
+    monkeypatch, clock, failure
+) -> None:
+    gpu = FakeGpu(procs=[SimpleNamespace(pid=41, usedGpuMemory=2**30)], proc_util=failure)
+    FakeNvml(monkeypatch, [gpu])
+    r = NvmlBackend(clock).read("GPU-aaaa")
+    assert r.energy_mj == 1_000_000
+    assert r.processes == (GpuProcess(41, 2**30, sm_util_pct=None),)
 
 
 def test_not_available_process_memory_from_an_older_binding_is_none(monkeypatch, clock) -> None:
