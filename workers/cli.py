@@ -1,4 +1,4 @@
-"""The `wattledger` command: demo, up, migrate, worker, sampler, api."""
+"""The `wattledger` command: demo, up, migrate, worker, sampler, api, import."""
 
 from __future__ import annotations
 
@@ -107,6 +107,49 @@ def up() -> None:
         stop.set()
         sampler_thread.join(15)
         stop_process(worker_proc)
+
+
+import_app = typer.Typer(help="Import jobs from a scheduler's own records.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("sacct")
+def import_sacct_cmd(
+    file: Annotated[Path, typer.Argument(help="`sacct --parsable2` output with its header line; - reads stdin.",
+                                         allow_dash=True)],
+    node_gpus: Annotated[str | None, typer.Option(
+        "--node-gpus", help='Each node\'s GPU UUIDs in nvidia-smi index order: JSON {"gpu-node01": ["GPU-…", …]} '
+        "or a file holding it. Without it, jobs are only finished, never created.")] = None,
+    tz: Annotated[str, typer.Option(help="The zone sacct printed its times in (run it with TZ=UTC).")] = "UTC",
+) -> None:
+    """Register Slurm jobs the prolog missed and finish those with an End; importing again changes nothing."""
+    import sys
+    from zoneinfo import ZoneInfoNotFoundError
+
+    from pydantic import TypeAdapter, ValidationError
+    from sqlmodel import Session
+
+    from accounting.clock import SystemClock
+    from accounting.db import engine_for
+    from accounting.jobs.sacct import gpus_from_node_map, parse_sacct
+    from accounting.jobs.sacct import import_sacct as run_import
+
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+        raw_map = node_gpus if not node_gpus or node_gpus.lstrip().startswith("{") else Path(node_gpus).read_text()
+        node_map = TypeAdapter(dict[str, list[str]]).validate_json(raw_map) if raw_map else {}
+        jobs = parse_sacct(text, tz=tz)
+    except (OSError, ValueError, ValidationError, ZoneInfoNotFoundError) as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    settings = get_settings()
+    with Session(engine_for(settings.resolved_database_url)) as session:
+        report = run_import(session, jobs, gpu_uuids_for=gpus_from_node_map(node_map), clock=SystemClock())
+        session.commit()
+    console.print(f"created {report.created}, finished {report.finished}, already known {report.skipped_existing}, "
+                  f"without GPUs {report.skipped_no_gpus}, not started {report.skipped_not_started}")
+    for error in report.errors:
+        console.print(f"[yellow]skipped[/yellow] {error}")
 
 
 def main() -> None:

@@ -9,7 +9,9 @@ import threading
 from accounting.clock import SystemClock
 from accounting.config import Settings
 from accounting.demo.live import live_fleet
+from accounting.gpu.backend import ProcessResolver
 from accounting.gpu.factory import open_backend
+from accounting.metering.discovery import ProcResolver
 from accounting.metering.loop import run_sampler
 from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool
@@ -28,7 +30,10 @@ def build_sampler(settings: Settings) -> Sampler:
         simulated_factory=lambda: live_fleet(clock, gpus=settings.simulated_gpus, node=settings.node_name),
     )
     log.info("sampling %d GPUs on %s through %s", len(backend.gpus()), settings.node_name, backend.kind)
-    return Sampler(backend=backend, spool=Spool(settings.resolved_spool_dir), clock=clock, node=settings.node_name)
+    # The simulated fleet knows its own processes; on a real node, /proc says whose they are.
+    resolver = backend if isinstance(backend, ProcessResolver) else ProcResolver()
+    return Sampler(backend=backend, spool=Spool(settings.resolved_spool_dir), clock=clock, node=settings.node_name,
+                   resolver=resolver)
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:

@@ -150,7 +150,10 @@ def parse_sacct(text: str, *, tz: tzinfo | str = UTC, delimiter: str = "|") -> l
         job_id = row["jobid"].strip()
         if "." in job_id:  # a step: 123.batch, 123.extern, 123.0, 123_4.0, 123+0.batch
             continue
-        jobs.append(_job(job_id, row, zone))
+        try:
+            jobs.append(_job(job_id, row, zone))
+        except ValueError as exc:  # a time or a host list sacct would not print
+            raise ValueError(f"line {number}: {exc}") from exc
     return jobs
 
 
