@@ -6,6 +6,11 @@ grid in integer mW — and derives from it what NVML would report: the total-ene
 driver resets), the power sensor (a 1 s mean on Hopper and newer, instantaneous on A100 and
 older), duty cycles, memory, clocks and processes. Readings are taken at `clock.now_us()`.
 
+Shared GPUs: runs with a tenant may overlap, adding dynamic power over one idle baseline (capped
+at TDP together); MIG instances (`enable_mig`) run scaled to their slices, metered only as a whole.
+Ground truth per account, process owners and activity (SM activity tracks the dynamic energy a
+process or instance causes) are defined in sharing.py.
+
 True power is a pure function of (seed, GPU, assignments): it is rendered lazily in 10-minute
 chunks with a per-(seed, GPU, chunk) generator, so any chunk is reproducible on its own and
 time can run for as long as the `up` command lives. Memory stays bounded: a few recent chunks
@@ -18,25 +23,23 @@ import bisect
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from accounting.clock import Clock
-from accounting.errors import GpuError, GpuLost
-from accounting.gpu.backend import GpuInfo, GpuProcess, GpuReading
+from accounting.errors import GpuError, GpuLost, GpuNotSupported
+from accounting.gpu import mig as mig_layout
+from accounting.gpu import sharing
+from accounting.gpu.backend import GpuInfo, GpuReading, ProcessOwner
+from accounting.gpu.mig import MigInstance
+from accounting.gpu.sharing import Assignment, Segment, dynamic_nj
 from accounting.gpu.specs import GpuSpec, get_spec
-from accounting.gpu.workloads import (
-    BASE_MEMORY_MIB,
-    STEP_MS,
-    Chunk,
-    Tenant,
-    Workload,
-    render_chunk,
-)
+from accounting.gpu.workloads import BASE_MEMORY_MIB, STEP_US, Chunk, Tenant, Workload, render_chunk
 
-STEP_US = STEP_MS * 1_000
 CHUNK_STEPS = 6_000  # 10 simulated minutes
+CHUNK_US = CHUNK_STEPS * STEP_US
 SENSOR_WINDOW_US = 1_000_000  # nvmlDeviceGetPowerUsage averages over 1 s on Hopper and newer
 UTIL_WINDOW_STEPS = 10  # duty cycles cover the last second's completed steps
 _CHUNKS_PER_GPU = 4  # cache: the current and previous chunks, with room for a look back
@@ -59,21 +62,16 @@ class SimGpu:
     index: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Assignment:
-    start_us: int
-    end_us: int
-    start_step: int  # steps whose start lies in [start_us, end_us)
-    end_step: int
-    workload: Workload
-
-
 @dataclass(slots=True)
 class _Gpu:
     sim: SimGpu
     spec: GpuSpec
     key: int
-    assignments: list[_Assignment] = field(default_factory=list)
+    assignments: list[Assignment] = field(default_factory=list)  # sorted by start_step
+    longest_steps: int = 0  # of any assignment: bounds the search for those overlapping a chunk
+    next_serial: int = 0
+    mig: tuple[MigInstance, ...] = ()
+    last_read_us: int | None = None  # per-process and per-instance activity cover the time since
     lost: list[tuple[int, int]] = field(default_factory=list)
     # Counter epochs, sorted: (from_us, first counted step, counter µJ at that step).
     epochs: list[tuple[int, int, int]] = field(default_factory=list)
@@ -104,7 +102,9 @@ class SimulatedFleet:
             g.epochs.append((boot_us, _ceil_step(boot_us), offset_uj))
             g.checkpoints[self._origin_chunk] = 0
             self._gpus[sim.uuid] = g
-        self._chunks: OrderedDict[tuple[str, int], Chunk] = OrderedDict()
+        self._instances: dict[str, tuple[_Gpu, MigInstance]] = {}
+        self._owners = sharing.OwnerRegistry()
+        self._chunks: OrderedDict[tuple[str, int], tuple[Chunk, tuple[Assignment, ...]]] = OrderedDict()
         self._max_chunks = _CHUNKS_PER_GPU * max(len(self._gpus), 1) + 8
 
     @classmethod
@@ -120,58 +120,126 @@ class SimulatedFleet:
 
     # GpuBackend ---------------------------------------------------------------------------
     def gpus(self) -> list[GpuInfo]:
+        """The physical GPUs; MIG instances are listed by `mig_instances`."""
         return [GpuInfo(g.sim.uuid, g.spec.nvml_name, g.sim.index) for g in self._gpus.values()]
 
-    def read(self, uuid: str) -> GpuReading:
-        """What NVML would report for `uuid` at the clock's now_us()."""
+    def mig_instances(self, uuid: str) -> list[GpuInfo]:
         with self._lock:
+            if uuid in self._instances:
+                return []
+            g = self._gpu(uuid)
+            return [inst.info(g.spec.nvml_name) for inst in g.mig]
+
+    def read(self, uuid: str) -> GpuReading:
+        """What NVML would report for `uuid` at the clock's now_us(). On a MIG-enabled GPU the
+        duty cycles and processes are unsupported (None, ()) and `mig` carries each instance's
+        activity; a MIG instance itself has no energy or power to read (GpuNotSupported)."""
+        with self._lock:
+            if uuid in self._instances:
+                raise GpuNotSupported(f"{uuid} is a MIG instance: NVML meters its parent only", uuid=uuid)
             g = self._gpu(uuid)
             t_us = self._clock.now_us()
             if any(start <= t_us < end for start, end in g.lost):
                 raise GpuLost(f"GPU {uuid} is lost", uuid=uuid)
             step = t_us // STEP_US
             c, i = divmod(step, CHUNK_STEPS)
-            chunk = self._chunk(g, c)
+            chunk, assignments = self._rendered(g, c)
             if g.spec.power_sensor == "average-1s":
                 window_nj = self._energy_nj(g, t_us) - self._energy_nj(g, t_us - SENSOR_WINDOW_US)
                 power_mw = round(window_nj / SENSOR_WINDOW_US)  # nJ / µs = mW
             else:
                 power_mw = int(chunk.power_mw[i])
             n_used = int(chunk.memory_used_mib[i])
-            return GpuReading(
+            # Per-process and per-instance activity cover the time since this GPU's last read.
+            since_us = g.last_read_us if g.last_read_us is not None and g.last_read_us < t_us else None
+            window = (t_us - SENSOR_WINDOW_US if since_us is None else since_us, t_us)
+            g.last_read_us = t_us
+            reading = GpuReading(
                 uuid=uuid,
                 timestamp_us=t_us,
                 energy_mj=self._counter_mj(g, t_us),
                 power_mw=power_mw,
-                gpu_util_pct=round(self._util_sum(g, step) / UTIL_WINDOW_STEPS),
-                memory_util_pct=int(chunk.mem_util_pct[i]),
                 memory_used_bytes=n_used * _MIB,
                 sm_clock_mhz=int(chunk.sm_clock_mhz[i]),
-                processes=self._processes(g, step, n_used),
+            )
+            if g.mig:  # NVML: no duty cycles and no per-process utilization on MIG
+                dynamic = dynamic_nj(self._segments(g, *window))
+                return replace(reading, mig=sharing.mig_activity(g.mig, dynamic, g.spec, window[1] - window[0]))
+            active = [a for a in assignments if a.start_step <= step < a.end_step and a.pids]
+            if active:
+                dynamic = dynamic_nj(self._segments(g, *window))
+                used_bytes = max(n_used - BASE_MEMORY_MIB, 0) * _MIB
+                processes = sharing.processes(active, dynamic, g.spec, window[1] - window[0], used_bytes)
+            return replace(
+                reading,
+                gpu_util_pct=round(self._util_sum(g, step) / UTIL_WINDOW_STEPS),
+                memory_util_pct=int(chunk.mem_util_pct[i]),
+                processes=processes if active else (),
             )
 
     def close(self) -> None:
         with self._lock:
             self._chunks.clear()
 
-    # Scenario ------------------------------------------------------------------------------
-    def assign(self, uuid: str, start_us: int, end_us: int, workload: Workload) -> None:
-        """Run `workload` on the GPU over [start_us, end_us); power changes at step boundaries.
+    # ProcessResolver -----------------------------------------------------------------------
+    def owner(self, pid: int) -> ProcessOwner:
+        """Who runs `pid` on this node: the tenant's job key and a user; a pid the fleet never
+        started, or an exclusive assignment's, maps to no job. A pid reused over time resolves to
+        the run active at now_us(), else the latest started before it."""
+        with self._lock:
+            return self._owners.owner(pid, self._clock.now_us())
 
-        Assigning into time already read rewrites that history (the fleet is a pure function
-        of its scenario); callers driving a live fleet assign from now on.
+    # Scenario ------------------------------------------------------------------------------
+    def assign(self, uuid: str, start_us: int, end_us: int, workload: Workload, *,
+               tenant: sharing.TenantArg = sharing.EXCLUSIVE) -> None:  # fmt: skip
+        """Run `workload` on a GPU or MIG instance over [start_us, end_us); power changes at step
+        boundaries.
+
+        `tenant` is the job key ("<source>:<external id>") the run belongs to, or None for a process
+        of no job; such runs may overlap others on the same GPU or instance. Left out, the run is
+        exclusive (the legacy behaviour): it overlaps nothing, its account is
+        sharing.legacy_account(uuid, start_us), and it lists only the workload's own pids (a
+        tenant's run with no pids gets one derived pid). Assigning into time already read rewrites
+        that history (the fleet is a pure function of its scenario); callers driving a live fleet
+        assign from now on.
         """
         if end_us <= start_us:
             raise ValueError("an assignment needs end_us > start_us")
+        sharing.check_tenant(tenant)
         with self._lock:
+            g, inst = self._target(uuid)
+            if inst is None and g.mig:
+                raise ValueError(f"GPU {uuid} runs MIG: assign to one of its instances")
+            sharing.check_free(g.assignments, uuid, start_us, end_us, tenant)
+            serial, g.next_serial = g.next_serial, g.next_serial + 1
+            pids = tuple(workload.pids)
+            if not pids and tenant is not sharing.EXCLUSIVE:
+                pids = (self._owners.fresh_pid(_hash64(self._seed, uuid, start_us, serial)),)
+            new = Assignment(uuid, start_us, end_us, _ceil_step(start_us), _ceil_step(end_us), workload,
+                             tenant, serial, pids, 1.0 if inst is None else inst.share)  # fmt: skip
+            bisect.insort(g.assignments, new, key=lambda a: a.start_step)
+            g.longest_steps = max(g.longest_steps, new.end_step - new.start_step)
+            for pid in pids:
+                self._owners.register(pid, start_us, end_us, new.owner())
+            if new.end_step > new.start_step:
+                self._invalidate(g, new.start_step // CHUNK_STEPS, (new.end_step - 1) // CHUNK_STEPS)
+
+    def enable_mig(self, uuid: str, profiles: Sequence[str]) -> list[str]:
+        """Split a GPU into MIG instances, one per profile (e.g. ["3g.40gb", "2g.20gb"]), for its
+        whole timeline; returns their uuids. ValueError if the model has no MIG, a profile is
+        unknown, the slices exceed 7, MIG is already on, or the GPU already has assignments."""
+        with self._lock:
+            if uuid in self._instances:
+                raise ValueError(f"{uuid} is a MIG instance already")
             g = self._gpu(uuid)
-            for a in g.assignments:
-                if a.start_us < end_us and start_us < a.end_us:
-                    # Shared GPUs come later; render_chunk already sums co-tenants' power.
-                    raise ValueError(f"GPU {uuid} already runs a workload in that time")
-            new = _Assignment(start_us, end_us, _ceil_step(start_us), _ceil_step(end_us), workload)
-            bisect.insort(g.assignments, new, key=lambda a: a.start_us)
-            self._invalidate(g, new.start_step // CHUNK_STEPS, (new.end_step - 1) // CHUNK_STEPS)
+            if g.mig:
+                raise ValueError(f"GPU {uuid} already runs MIG")
+            if g.assignments:
+                raise ValueError(f"GPU {uuid} has assignments: enable MIG before assigning")
+            g.mig = mig_layout.layout(uuid, g.sim.model, profiles)
+            for inst in g.mig:
+                self._instances[inst.uuid] = (g, inst)
+            return [inst.uuid for inst in g.mig]
 
     def reset_counter(self, uuid: str, at_us: int) -> None:
         """Driver reload / GPU reset: the counter restarts from 0 at `at_us` and counts the
@@ -201,12 +269,35 @@ class SimulatedFleet:
             c, i = divmod(t_us // STEP_US, CHUNK_STEPS)
             return int(self._chunk(self._gpu(uuid), c).power_mw[i]) / 1_000
 
+    def true_account_energy_j(self, account: str, start_us: int, end_us: int, *, uuid: str | None = None) -> float:
+        """The true energy over [start_us, end_us) of one account — a tenant's job key, "idle",
+        "unattributed" or a legacy_account(...) — on one physical GPU or, uuid None, all of them."""
+        return self.true_account_energies_j(start_us, end_us, uuid=uuid).get(account, 0.0)
+
+    def true_account_energies_j(self, start_us: int, end_us: int, *, uuid: str | None = None) -> dict[str, float]:
+        """Every account's true energy over [start_us, end_us) (see sharing.py for the split);
+        they add up to true_energy_j of the GPU(s), to float precision."""
+        if end_us < start_us:
+            raise ValueError("end_us must not precede start_us")
+        with self._lock:
+            gpus = list(self._gpus.values()) if uuid is None else [self._gpu(uuid)]
+            totals: dict[str, float] = {}
+            for g in gpus:
+                for account, nj in sharing.account_nj(self._segments(g, start_us, end_us), g.mig).items():
+                    totals[account] = totals.get(account, 0.0) + nj
+            return {account: nj / 1e9 for account, nj in totals.items()}
+
     # Internals -------------------------------------------------------------------------------
     def _gpu(self, uuid: str) -> _Gpu:
         try:
             return self._gpus[uuid]
         except KeyError:
             raise GpuError(f"no simulated GPU {uuid!r}", uuid=uuid) from None
+
+    def _target(self, uuid: str) -> tuple[_Gpu, MigInstance | None]:
+        if uuid in self._instances:
+            return self._instances[uuid]
+        return self._gpu(uuid), None
 
     def _counter_mj(self, g: _Gpu, t_us: int) -> int:
         """The counter at t: the epoch's start value plus the energy of every step that
@@ -262,13 +353,12 @@ class SimulatedFleet:
             lo += j - i
         return total
 
-    def _processes(self, g: _Gpu, step: int, used_mib: int) -> tuple[GpuProcess, ...]:
-        k = bisect.bisect_right(g.assignments, step, key=lambda a: a.start_step) - 1
-        if k < 0 or step >= g.assignments[k].end_step or not g.assignments[k].workload.pids:
-            return ()
-        pids = g.assignments[k].workload.pids
-        each = max(used_mib - BASE_MEMORY_MIB, 0) * _MIB // len(pids)
-        return tuple(GpuProcess(pid, each) for pid in pids)
+    def _segments(self, g: _Gpu, t0_us: int, t1_us: int) -> Iterator[Segment]:
+        """[t0, t1) cut at chunk edges: each chunk, its assignments, and the part of it covered."""
+        for c in range(t0_us // CHUNK_US, (t1_us - 1) // CHUNK_US + 1):
+            chunk, assignments = self._rendered(g, c)
+            base = c * CHUNK_US
+            yield Segment(chunk, assignments, max(t0_us, base) - base, min(t1_us, base + CHUNK_US) - base)
 
     def _invalidate(self, g: _Gpu, first_chunk: int, last_chunk: int) -> None:
         for c in range(first_chunk, last_chunk + 1):
@@ -278,34 +368,28 @@ class SimulatedFleet:
         g.epoch_cum_uj.clear()
 
     def _chunk(self, g: _Gpu, c: int) -> Chunk:
+        return self._rendered(g, c)[0]
+
+    def _rendered(self, g: _Gpu, c: int) -> tuple[Chunk, tuple[Assignment, ...]]:
+        """Chunk c of the GPU and the assignments of its dynamic rows, cached."""
         cache_key = (g.sim.uuid, c)
-        chunk = self._chunks.get(cache_key)
-        if chunk is None:
-            chunk = self._chunks[cache_key] = self._render(g, c)
+        rendered = self._chunks.get(cache_key)
+        if rendered is None:
+            rendered = self._chunks[cache_key] = self._render(g, c)
             if len(self._chunks) > self._max_chunks:
                 self._chunks.popitem(last=False)
         elif next(reversed(self._chunks)) != cache_key:
             self._chunks.move_to_end(cache_key)
-        return chunk
+        return rendered
 
-    def _render(self, g: _Gpu, c: int) -> Chunk:
+    def _render(self, g: _Gpu, c: int) -> tuple[Chunk, tuple[Assignment, ...]]:
         first = c * CHUNK_STEPS
+        assignments = sharing.overlapping(g.assignments, g.longest_steps, first, first + CHUNK_STEPS)
         tenants = [
             Tenant(a.start_step, a.end_step, a.workload,
-                   np.random.default_rng((self._seed, g.key, c, a.start_step)),
-                   _hash64(self._seed, g.key, a.start_step))
-            for a in self._overlapping(g, first, first + CHUNK_STEPS)
+                   np.random.default_rng((self._seed, g.key, c, a.start_step, *a.seed_salt)),
+                   _hash64(self._seed, g.key, a.start_step, *a.seed_salt), a.share, a.target)
+            for a in assignments
         ]  # fmt: skip
         idle_rng = np.random.default_rng((self._seed, g.key, c))
-        return render_chunk(g.spec, first, CHUNK_STEPS, idle_rng, tenants)
-
-    def _overlapping(self, g: _Gpu, lo_step: int, hi_step: int) -> list[_Assignment]:
-        # Assignments never overlap, so sorted by start they are sorted by end too.
-        k = bisect.bisect_right(g.assignments, lo_step, key=lambda a: a.end_step)
-        out = []
-        for a in g.assignments[k:]:
-            if a.start_step >= hi_step:
-                break
-            if a.end_step > a.start_step:
-                out.append(a)
-        return out
+        return render_chunk(g.spec, first, CHUNK_STEPS, idle_rng, tenants), assignments

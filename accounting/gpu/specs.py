@@ -95,3 +95,29 @@ def match_spec(nvml_name: str) -> GpuSpec | None:
         if pattern.fullmatch(normalized):
             return spec
     return None
+
+
+# MIG (Multi-Instance GPU): A100, H100 and H200 split into 7 compute slices; a profile "<g>g.<mem>gb"
+# takes g of them. The 80 GB profile names are accepted on every MIG-capable entry (the simulated
+# fleet's convention); H200 and the 40 GB A100 also accept their own names. Only Σ g ≤ 7 is
+# checked: NVIDIA's placement rules and memory-slice limits are not modelled.
+MIG_SLICES = 7
+_MIG_80GB = ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")
+MIG_PROFILES: dict[str, tuple[str, ...]] = {
+    "A100 SXM": _MIG_80GB,
+    "A100 SXM 40GB": ("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
+    "H100 SXM": _MIG_80GB,
+    "H100 PCIe": _MIG_80GB,
+    "H200 SXM": _MIG_80GB + ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+}
+
+
+def mig_slices(model_key: str, profile: str) -> int:
+    """The compute slices (of MIG_SLICES) of a MIG profile on a model; ValueError if the model has
+    no MIG or no such profile."""
+    profiles = MIG_PROFILES.get(model_key)
+    if profiles is None:
+        raise ValueError(f"{model_key} has no MIG; MIG-capable: {sorted(MIG_PROFILES)}")
+    if profile not in profiles:
+        raise ValueError(f"no MIG profile {profile!r} on {model_key}; known: {list(profiles)}")
+    return int(profile.split("g.", 1)[0])

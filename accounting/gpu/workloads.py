@@ -19,6 +19,7 @@ from accounting.gpu.specs import GpuSpec
 from accounting.gpu.trace import PowerTrace
 
 STEP_MS = 100
+STEP_US = STEP_MS * 1_000
 STEPS_PER_S = 1_000 // STEP_MS
 BASE_MEMORY_MIB = 17  # driver reservation with no process (the real H100 trace's GPUs 1–7)
 CONTEXT_MEMORY_MIB = 512  # one CUDA context
@@ -206,11 +207,17 @@ class Tenant(NamedTuple):
     workload: Workload
     rng: np.random.Generator  # per (seed, GPU, chunk, assignment)
     key: int  # per (seed, GPU, assignment)
+    share: float = 1.0  # the part of the GPU it runs on: 1, or a MIG instance's slices / 7
+    pool: str = ""  # tenants of one pool (the GPU, or one MIG instance) share its part of the GPU
 
 
 @dataclass(slots=True)
 class Chunk:
-    """One GPU's per-step series over a run of steps, with running sums for O(1) windows."""
+    """One GPU's per-step series over a run of steps, with running sums for O(1) windows.
+
+    Row j of `dynamic_mw` is tenant j's dynamic power (its power above the idle baseline, after
+    the TDP cap), zero outside `spans[j]`; the rows and `idle_mw` add up to `power_mw` exactly.
+    """
 
     power_mw: np.ndarray  # int64 per step
     cum_uj: np.ndarray  # int64, n + 1: energy since the chunk's start (mW × ms = µJ)
@@ -218,6 +225,10 @@ class Chunk:
     mem_util_pct: np.ndarray
     memory_used_mib: np.ndarray
     sm_clock_mhz: np.ndarray
+    idle_mw: np.ndarray  # int64 per step: the baseline the GPU draws with nothing running
+    dynamic_mw: np.ndarray  # int64, (tenants, n)
+    dynamic_cum_uj: np.ndarray  # int64, (tenants, n + 1): running sums of dynamic_mw × 100 ms
+    spans: tuple[tuple[int, int], ...]  # per tenant: its steps [lo, hi) within the chunk
 
 
 def render_chunk(
@@ -225,31 +236,84 @@ def render_chunk(
     tenants: Sequence[Tenant],
 ) -> Chunk:  # fmt: skip
     """Steps [first_step, first_step + n): the idle baseline, with each tenant's workload
-    rendered over its part of the run."""
+    rendered over its part of the run.
+
+    Co-tenants add their dynamic power over the one shared baseline, within limits (see _cap).
+    A tenant with share < 1 (on a MIG instance) has its dynamic power and memory scaled to that
+    share of the GPU.
+    """
     steps = np.arange(first_step, first_step + n, dtype=np.int64)
     noise = 1 + _IDLE_NOISE * idle_rng.standard_normal(n)
     idle_mw = np.rint(spec.idle_w * 1_000 * noise).astype(np.int64)
-    power_mw = idle_mw.copy()
     util = np.zeros(n, dtype=np.int64)
     mem_util = np.zeros(n, dtype=np.int16)
     memory_mib = np.full(n, BASE_MEMORY_MIB, dtype=np.int32)
     clock = np.full(n, IDLE_SM_CLOCK_MHZ, dtype=np.int16)
-    for t in tenants:
+    dynamic = np.zeros((len(tenants), n), dtype=np.int64)
+    active = np.zeros((len(tenants), n), dtype=bool)
+    spans = []
+    for j, t in enumerate(tenants):
         lo, hi = max(t.start_step - first_step, 0), min(t.end_step - first_step, n)
+        lo = min(lo, hi)
+        spans.append((lo, hi))
         if lo >= hi:
             continue
         ctx = RenderContext(spec, steps[lo:hi], t.start_step, idle_mw[lo:hi], t.rng, t.key)
         f = t.workload.render(ctx)
-        # Co-tenants add their dynamic power over the shared idle baseline; with one tenant
-        # this is exactly the workload's own power.
-        power_mw[lo:hi] += f.power_mw - idle_mw[lo:hi]
+        part = f.power_mw - idle_mw[lo:hi]
+        own_mib = f.memory_used_mib
+        if t.share != 1.0:
+            part = np.rint(part * t.share).astype(np.int64)
+            own_mib = np.rint(np.asarray(own_mib) * t.share).astype(np.int32)
+        dynamic[j, lo:hi] = part
+        active[j, lo:hi] = True
         util[lo:hi] = np.minimum(util[lo:hi] + f.util_pct, 100)
         mem_util[lo:hi] = np.minimum(mem_util[lo:hi] + f.mem_util_pct, 100)
-        memory_mib[lo:hi] += f.memory_used_mib
+        memory_mib[lo:hi] += own_mib
         clock[lo:hi] = np.maximum(clock[lo:hi], f.sm_clock_mhz)
-    np.maximum(power_mw, 0, out=power_mw)
+    _cap(spec, idle_mw, dynamic, active, tenants)
+    power_mw = idle_mw + dynamic.sum(axis=0)
     cum_uj = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(power_mw * STEP_MS, out=cum_uj[1:])
     util_cum = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(util, out=util_cum[1:])
-    return Chunk(power_mw, cum_uj, util_cum, mem_util, memory_mib, clock)
+    dynamic_cum = np.zeros((len(tenants), n + 1), dtype=np.int64)
+    np.cumsum(dynamic * STEP_MS, axis=1, out=dynamic_cum[:, 1:])
+    return Chunk(power_mw, cum_uj, util_cum, mem_util, memory_mib, clock, idle_mw, dynamic,
+                 dynamic_cum, tuple(spans))  # fmt: skip
+
+
+def _cap(
+    spec: GpuSpec, idle_mw: np.ndarray, dynamic: np.ndarray, active: np.ndarray, tenants: Sequence[Tenant],
+) -> None:  # fmt: skip
+    """In place: where two or more tenants of a pool run at a step, their dynamic parts add up to
+    at most the pool's share of (TDP − idle), and all parts together to at most TDP − idle; power
+    never goes below 0. A sole tenant is not capped, so a trace replay keeps its measured watts."""
+    span_mw = spec.tdp_w * 1_000 - idle_mw
+    pools: dict[str, list[int]] = {}
+    for j, t in enumerate(tenants):
+        pools.setdefault(t.pool, []).append(j)
+    groups = [(rows, np.floor(tenants[rows[0]].share * span_mw).astype(np.int64)) for rows in pools.values()]
+    if len(pools) > 1:
+        groups.append((list(range(len(tenants))), span_mw))
+    for rows, room in groups:
+        over = (active[rows].sum(axis=0) >= 2) & (dynamic[rows].sum(axis=0) > room)
+        _scale(dynamic, active, rows, over, room)
+    if tenants:
+        rows = list(range(len(tenants)))
+        _scale(dynamic, active, rows, idle_mw + dynamic.sum(axis=0) < 0, -idle_mw)
+
+
+def _scale(dynamic: np.ndarray, active: np.ndarray, rows: list[int], where: np.ndarray, room: np.ndarray) -> None:
+    """Scale rows' parts at the steps `where` by one factor per step so they add up to `room`
+    exactly: floored to whole mW, the remainder to the first active part."""
+    fix = np.flatnonzero(where)
+    if not fix.size:
+        return
+    cells = np.ix_(rows, fix)
+    parts = dynamic[cells]
+    target = room[fix]
+    scaled = np.floor(parts * (target / parts.sum(axis=0))).astype(np.int64)
+    first = active[cells].argmax(axis=0)
+    scaled[first, np.arange(fix.size)] += target - scaled.sum(axis=0)
+    dynamic[cells] = scaled
