@@ -158,20 +158,18 @@ def _mig_gpu(piece: _Piece, energy: int, a: int, b: int, signals: GpuSignals) ->
     slots = signals.mig
     free_slices = max(0, signals.total_slices - sum(s.slices for s in slots))
     holders = [sorted(t.job_id for t in s.tenancies if t.covers(a, b)) for s in slots]
-    activity = [(s.activity_pct or 0.0) * s.slices for s in slots]
-    by_activity = all(s.activity_pct is not None for s in slots) and sum(activity) > 0
-    if by_activity:
-        baseline = min(energy, signals.baseline_mw * piece.duration_us // 1_000_000)
-        active = energy - baseline
-        method = Method.mig_activity
-        active_parts = split_weighted(active, activity)
-        active_parts.append(0)
-    else:
-        baseline, method = energy, Method.mig_slice
-        active_parts = [0] * (len(slots) + 1)
     weights = [s.slices for s in slots] + [free_slices]
     if sum(weights) == 0:
         weights[-1] = 1
+    activity = [(s.activity_pct or 0.0) * s.slices for s in slots]
+    if all(s.activity_pct is not None for s in slots):
+        # The activity signal exists; when it says nobody was active, the rest splits like the baseline.
+        baseline = min(energy, signals.baseline_mw * piece.duration_us // 1_000_000)
+        method = Method.mig_activity
+        active_parts = split_weighted(energy - baseline, [*activity, 0] if sum(activity) > 0 else weights)
+    else:
+        baseline, method = energy, Method.mig_slice
+        active_parts = [0] * (len(slots) + 1)
     base_parts = split_weighted(baseline, weights)
     time_parts = split_weighted(piece.duration_us, weights)
     for i, slot_holders in enumerate([*holders, []]):
