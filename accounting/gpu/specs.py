@@ -69,6 +69,15 @@ _CATALOG: tuple[GpuSpec, ...] = (
     # NVML never sees an AMD GPU; the name is what amd-smi reports, for completeness.
     GpuSpec("MI300X", 1307.0, 2614.0, 5.3, 750, 140.0, "average-1s",
             "AMD Instinct MI300X", (r"amd instinct mi300x( oam)?",), 192),
+    # Older inference cards of the Alibaba openb cluster trace (shared/data, section 3); not in
+    # DESIGN's list. Figures from NVIDIA's datasheets: T4 ("NVIDIA T4 Tensor Core GPU", Turing):
+    # 65 TFLOP/s FP16 mixed-precision tensor (no BF16), 320 GB/s GDDR6, 70 W, 16 GB; instantaneous
+    # power (pre-Ampere). A10 ("NVIDIA A10 Tensor Core GPU", GA102): 125 TFLOP/s BF16 dense,
+    # 600 GB/s GDDR6, 150 W, 24 GB; a 1 s average (Ampere, not GA100). Idle draws are typical, as above.
+    GpuSpec("T4", 65.0, None, 0.32, 70, 10.0, "instant",
+            "Tesla T4", (r"(tesla|nvidia) t4",), 16),
+    GpuSpec("A10", 125.0, None, 0.6, 150, 15.0, "average-1s",
+            "NVIDIA A10", (r"nvidia a10",), 24),
 )  # fmt: skip
 
 SPECS: dict[str, GpuSpec] = {spec.model: spec for spec in _CATALOG}
