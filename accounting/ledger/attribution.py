@@ -19,7 +19,7 @@ Policy (DESIGN.md, "Attribution"):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from accounting.clock import US_PER_HOUR
 
@@ -142,11 +142,12 @@ class _Piece:
             self.give(job_id, method, part, time_part)
 
 
-def _shared_gpu(piece: _Piece, energy: int, holders: list[int], signals: GpuSignals) -> None:
-    baseline = min(energy, signals.baseline_mw * piece.duration_us // 1_000_000)
+def _shared_gpu(piece: _Piece, energy: int, holders: list[int], baseline_mw: int,
+                processes: Sequence[ProcessUse]) -> None:
+    baseline = min(energy, baseline_mw * piece.duration_us // 1_000_000)
     active = energy - baseline
     piece.evenly(holders, Method.even, baseline, piece.duration_us)
-    users = [p for p in signals.processes if p.sm_pct > 0]
+    users = [p for p in processes if p.sm_pct > 0]
     if users and active:
         for process, part in zip(users, split_weighted(active, [p.sm_pct for p in users]), strict=True):
             piece.give(process.job_id, Method.sm_share, part, process=process)
@@ -197,6 +198,8 @@ def attribute_interval(
     estimated = None if source_method == "counter" else str(Method(source_method))
     every_tenancy = [*tenancies, *(t for slot in signals.mig for t in slot.tenancies)]
     points = _cut_points(start_us, end_us, every_tenancy)
+    allocated = {t.job_id for t in tenancies}
+    signals = _concentrated(signals, tenancies, start_us, end_us)
     shares: list[Share] = []
     for a, b in zip(points, points[1:], strict=False):
         piece = _Piece(a - a % US_PER_HOUR, b - a, estimated)
@@ -205,13 +208,36 @@ def attribute_interval(
             _mig_gpu(piece, energy, a, b, signals)
         else:
             holders = sorted(t.job_id for t in tenancies if t.covers(a, b))
-            parties = set(holders) | {p.job_id for p in signals.processes if p.sm_pct > 0}
+            # Processes are reported per interval; a registered job's process counts only in the
+            # pieces its allocation covers (it started or ended inside the interval otherwise).
+            processes = tuple(p for p in signals.processes
+                              if p.job_id is None or p.job_id not in allocated or p.job_id in holders)
+            parties = set(holders) | {p.job_id for p in processes if p.sm_pct > 0}
             if len(parties) <= 1 and None not in parties:
                 piece.evenly(holders or [*parties], Method.exclusive, energy, b - a)
             else:
-                _shared_gpu(piece, energy, holders, signals)
+                _shared_gpu(piece, energy, holders, signals.baseline_mw, processes)
         shares.extend(_merged(piece.shares))
     return shares
+
+
+def _concentrated(signals: GpuSignals, tenancies: Sequence[Tenancy], t0: int, t1: int) -> GpuSignals:
+    """A process's SM utilization is a mean over the whole interval; a registered job that held
+    the GPU for part of it did all its work in that part, so its weight there is scaled up."""
+    if not signals.processes:
+        return signals
+    held: dict[int, int] = {}
+    for t in tenancies:
+        overlap = min(t1, t.end_us if t.end_us is not None else t1) - max(t0, t.start_us)
+        if overlap > 0:
+            held[t.job_id] = held.get(t.job_id, 0) + overlap
+    duration = t1 - t0
+    scaled = tuple(
+        replace(p, sm_pct=p.sm_pct * duration / min(duration, held[p.job_id]))
+        if p.job_id in held and held[p.job_id] < duration else p
+        for p in signals.processes
+    )
+    return replace(signals, processes=scaled)
 
 
 def _merged(shares: list[Share]) -> list[Share]:

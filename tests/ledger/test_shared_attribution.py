@@ -104,3 +104,19 @@ def test_every_joule_lands_somewhere_exactly(energy, length, baseline, procs, mi
     shares = attribute_interval(0, length, energy, "counter", [Tenancy(h, 0, None) for h in holders], signals)
     assert sum(s.energy_mj for s in shares) == energy
     assert all(s.energy_mj >= 0 for s in shares)
+
+
+def test_a_job_starting_mid_interval_pays_nothing_before_its_start():
+    # job 2 starts half-way through: both processes read 50 % over the whole interval, so job 2
+    # ran at 100 % in the half it held the GPU, job 1 at 50 % throughout
+    signals = GpuSignals(baseline_mw=0, processes=(ProcessUse(1, 1, "a", 50.0), ProcessUse(2, 2, "b", 50.0)))
+    shares = attribute_interval(0, 2 * S, 3_000, "counter", [Tenancy(1, 0, None), Tenancy(2, S, None)], signals)
+    assert by_account(shares) == {("job", 1): 1_500 + 500, ("job", 2): 1_000}
+
+
+def test_a_job_alone_after_its_co_tenant_ended_is_exclusive_again():
+    signals = GpuSignals(baseline_mw=0, processes=(ProcessUse(1, 1, "a", 50.0), ProcessUse(2, 2, "b", 50.0)))
+    shares = attribute_interval(0, 2 * S, 2_000, "counter", [Tenancy(1, 0, None), Tenancy(2, 0, S)], signals)
+    # job 2's 50 % over the interval was 100 % in its half: it takes 2/3 of that half
+    assert by_account(shares) == {("job", 1): 333 + 1_000, ("job", 2): 667}
+    assert {s.method for s in shares if s.job_id == 1 and s.energy_mj} == {"sm-share", "exclusive"}
