@@ -142,17 +142,39 @@ class _Piece:
             self.give(job_id, method, part, time_part)
 
 
-def _shared_gpu(piece: _Piece, energy: int, holders: list[int], baseline_mw: int,
-                processes: Sequence[ProcessUse]) -> None:
-    baseline = min(energy, baseline_mw * piece.duration_us // 1_000_000)
-    active = energy - baseline
-    piece.evenly(holders, Method.even, baseline, piece.duration_us)
-    users = [p for p in processes if p.sm_pct > 0]
-    if users and active:
-        for process, part in zip(users, split_weighted(active, [p.sm_pct for p in users]), strict=True):
-            piece.give(process.job_id, Method.sm_share, part, process=process)
-    elif active:
-        piece.evenly(holders, Method.even, active, 0)
+def _whole_gpu_hour(hour_us: int, energy: int, cuts: list[int], tenancies: Sequence[Tenancy],
+                    signals: GpuSignals, estimated: str | None) -> list[Share]:
+    """One hour's part of an interval on a GPU without MIG, cut into pieces by allocations.
+
+    With per-process SM utilization, the idle baseline is spread over the pieces by time and the
+    active rest goes where the processes ran: a job that held the GPU for part of the interval did
+    its work in that part. Without it, each piece gets the energy of its time.
+    """
+    allocated = {t.job_id for t in tenancies}
+    pieces = []
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        holders = sorted(t.job_id for t in tenancies if t.covers(a, b))
+        # A registered job's process counts only in the pieces its allocation covers.
+        running = [p for p in signals.processes if p.sm_pct > 0 and
+                   (p.job_id is None or p.job_id not in allocated or p.job_id in holders)]
+        parties = set(holders) | {p.job_id for p in running}
+        pieces.append((_Piece(hour_us, b - a, estimated), holders, running,
+                       len(parties) <= 1 and None not in parties))
+    durations = [piece.duration_us for piece, *_ in pieces]
+    pairs = [(k, p) for k, (_, _, running, _) in enumerate(pieces) for p in running]
+    if pairs:
+        baseline = min(energy, signals.baseline_mw * sum(durations) // 1_000_000)
+        base_parts = split_weighted(baseline, durations)
+        active_parts = split_weighted(energy - baseline, [p.sm_pct * durations[k] for k, p in pairs])
+    else:
+        base_parts, active_parts = split_weighted(energy, durations), []
+    for k, (piece, holders, _, alone) in enumerate(pieces):
+        piece.evenly(holders or [p.job_id for p in pieces[k][2]][:1], Method.exclusive if alone else Method.even,
+                     base_parts[k], piece.duration_us)
+    for (k, process), part in zip(pairs, active_parts, strict=True):
+        piece, _, _, alone = pieces[k]
+        piece.give(process.job_id, Method.exclusive if alone else Method.sm_share, part, process=process)
+    return [share for piece, *_ in pieces for share in _merged(piece.shares)]
 
 
 def _mig_gpu(piece: _Piece, energy: int, a: int, b: int, signals: GpuSignals) -> None:
@@ -198,26 +220,23 @@ def attribute_interval(
     estimated = None if source_method == "counter" else str(Method(source_method))
     every_tenancy = [*tenancies, *(t for slot in signals.mig for t in slot.tenancies)]
     points = _cut_points(start_us, end_us, every_tenancy)
-    allocated = {t.job_id for t in tenancies}
     signals = _concentrated(signals, tenancies, start_us, end_us)
     shares: list[Share] = []
+    hour_cuts: list[int] = [points[0]]
     for a, b in zip(points, points[1:], strict=False):
-        piece = _Piece(a - a % US_PER_HOUR, b - a, estimated)
-        energy = cumulative(b) - cumulative(a)
+        hour_cuts.append(b)
+        if b % US_PER_HOUR and b != end_us:
+            continue  # the hour goes on: gather its pieces
+        hour_us = a - a % US_PER_HOUR
+        energy = cumulative(b) - cumulative(hour_cuts[0])
         if signals.mig:
-            _mig_gpu(piece, energy, a, b, signals)
+            for c, d in zip(hour_cuts, hour_cuts[1:], strict=False):
+                piece = _Piece(hour_us, d - c, estimated)
+                _mig_gpu(piece, cumulative(d) - cumulative(c), c, d, signals)
+                shares.extend(_merged(piece.shares))
         else:
-            holders = sorted(t.job_id for t in tenancies if t.covers(a, b))
-            # Processes are reported per interval; a registered job's process counts only in the
-            # pieces its allocation covers (it started or ended inside the interval otherwise).
-            processes = tuple(p for p in signals.processes
-                              if p.job_id is None or p.job_id not in allocated or p.job_id in holders)
-            parties = set(holders) | {p.job_id for p in processes if p.sm_pct > 0}
-            if len(parties) <= 1 and None not in parties:
-                piece.evenly(holders or [*parties], Method.exclusive, energy, b - a)
-            else:
-                _shared_gpu(piece, energy, holders, signals.baseline_mw, processes)
-        shares.extend(_merged(piece.shares))
+            shares.extend(_whole_gpu_hour(hour_us, energy, hour_cuts, tenancies, signals, estimated))
+        hour_cuts = [b]
     return shares
 
 

@@ -108,15 +108,24 @@ def test_every_joule_lands_somewhere_exactly(energy, length, baseline, procs, mi
 
 def test_a_job_starting_mid_interval_pays_nothing_before_its_start():
     # job 2 starts half-way through: both processes read 50 % over the whole interval, so job 2
-    # ran at 100 % in the half it held the GPU, job 1 at 50 % throughout
+    # ran at 100 % in the half it held the GPU, job 1 at 50 % throughout: equal activity-time
     signals = GpuSignals(baseline_mw=0, processes=(ProcessUse(1, 1, "a", 50.0), ProcessUse(2, 2, "b", 50.0)))
     shares = attribute_interval(0, 2 * S, 3_000, "counter", [Tenancy(1, 0, None), Tenancy(2, S, None)], signals)
-    assert by_account(shares) == {("job", 1): 1_500 + 500, ("job", 2): 1_000}
+    assert by_account(shares) == {("job", 1): 750 + 750, ("job", 2): 1_500}
 
 
 def test_a_job_alone_after_its_co_tenant_ended_is_exclusive_again():
     signals = GpuSignals(baseline_mw=0, processes=(ProcessUse(1, 1, "a", 50.0), ProcessUse(2, 2, "b", 50.0)))
     shares = attribute_interval(0, 2 * S, 2_000, "counter", [Tenancy(1, 0, None), Tenancy(2, 0, S)], signals)
-    # job 2's 50 % over the interval was 100 % in its half: it takes 2/3 of that half
-    assert by_account(shares) == {("job", 1): 333 + 1_000, ("job", 2): 667}
+    # job 2's 50 % over the interval was 100 % in its half; job 1 ran at 50 % throughout
+    assert by_account(shares) == {("job", 1): 500 + 500, ("job", 2): 1_000}
     assert {s.method for s in shares if s.job_id == 1 and s.energy_mj} == {"sm-share", "exclusive"}
+
+
+def test_a_short_whole_gpu_job_inside_one_interval_gets_the_active_energy_of_its_time():
+    # 5 s interval at a 70 W baseline; the job held the GPU for 2 s and drew 600 W then
+    energy = 70_000 * 5 + (600_000 - 70_000) * 2  # mJ
+    signals = GpuSignals(baseline_mw=70_000, processes=(ProcessUse(1, 1, "a", 30.0),))
+    shares = attribute_interval(0, 5 * S, energy, "counter", [Tenancy(1, S, 3 * S)], signals)
+    assert by_account(shares) == {("job", 1): 600_000 * 2, ("idle",): 70_000 * 3}
+    assert {s.method for s in shares} == {"exclusive"}
