@@ -51,7 +51,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(_url())
+    engine = make_engine(_url(), sqlite_foreign_keys=False)
     with engine.connect() as connection:
         _configure(connection=connection)
         with context.begin_transaction():

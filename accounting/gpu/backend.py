@@ -51,6 +51,10 @@ class GpuReading:
     sm_clock_mhz: int | None = None
     processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
     mig: tuple[MigActivity, ...] = field(default_factory=tuple)  # a MIG-enabled parent only
+    # GPM (Hopper and newer), means since the previous read; None where GPM is unavailable.
+    sm_active_pct: float | None = None  # NVML_GPM_METRIC_SM_UTIL: share of SMs busy
+    tensor_active_pct: float | None = None  # NVML_GPM_METRIC_ANY_TENSOR_UTIL
+    dram_bw_pct: float | None = None  # NVML_GPM_METRIC_DRAM_BW_UTIL: share of peak memory bandwidth
 
 
 @runtime_checkable

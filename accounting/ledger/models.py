@@ -49,6 +49,9 @@ class Sample(SQLModel, table=True):
     memory_util_pct: int | None = None
     memory_used_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
     sm_clock_mhz: int | None = None
+    sm_active_pct: float | None = None  # GPM means over the interval (Hopper+)
+    tensor_active_pct: float | None = None
+    dram_bw_pct: float | None = None
     # [{"pid", "sm_pct", "job_key", "user", "resolved"}]: kept so re-attribution can use them
     processes: list | None = Field(default=None, sa_type=sa.JSON)
     # MIG parent: [{"uuid", "activity_pct"}] per instance
@@ -100,6 +103,14 @@ class LedgerEntry(SQLModel, table=True):
     method: str = Field(max_length=32)
     energy_mj: int = Field(sa_type=sa.BigInteger)
     gpu_us: int = Field(sa_type=sa.BigInteger)  # GPU time charged to the account, µs
+    # Activity during that time, as activity-weighted µs (mean % = 100 · x_us / known_us). On a
+    # shared GPU the device's activity is counted in each co-tenant's share of the time.
+    util_known_us: int = Field(default=0, sa_type=sa.BigInteger)  # time with a duty-cycle reading
+    busy_us: int = Field(default=0, sa_type=sa.BigInteger)  # Σ duty cycle × time
+    gpm_known_us: int = Field(default=0, sa_type=sa.BigInteger)  # time with GPM readings
+    sm_active_us: int = Field(default=0, sa_type=sa.BigInteger)
+    tensor_active_us: int = Field(default=0, sa_type=sa.BigInteger)
+    dram_active_us: int = Field(default=0, sa_type=sa.BigInteger)
 
 
 class UnattributedUse(SQLModel, table=True):

@@ -28,21 +28,48 @@ from .signals import SignalBuilder
 log = logging.getLogger(__name__)
 
 
+# Ledger columns summed on upsert, in the order Deltas keeps them.
+SUMMED = ("energy_mj", "gpu_us", "util_known_us", "busy_us", "gpm_known_us", "sm_active_us", "tensor_active_us",
+          "dram_active_us")
+
+
+@dataclass(frozen=True)
+class Activity:
+    """An interval's utilization readings, in percent; None where not read."""
+
+    gpu_util_pct: float | None = None
+    sm_active_pct: float | None = None
+    tensor_active_pct: float | None = None
+    dram_bw_pct: float | None = None
+
+    def weights_us(self, gpu_us: int) -> list[int]:
+        """[util_known, busy, gpm_known, sm, tensor, dram] activity-µs for `gpu_us` of GPU time."""
+        util, sm, tensor, dram = self.gpu_util_pct, self.sm_active_pct, self.tensor_active_pct, self.dram_bw_pct
+        gpm = sm is not None or tensor is not None or dram is not None
+        return [gpu_us if util is not None else 0, round(gpu_us * (util or 0) / 100),
+                gpu_us if gpm else 0, round(gpu_us * (sm or 0) / 100), round(gpu_us * (tensor or 0) / 100),
+                round(gpu_us * (dram or 0) / 100)]
+
+
+NO_ACTIVITY = Activity()
+
+
 class Deltas:
-    """Energy and GPU time to add to ledger rows, and the unattributed processes' detail."""
+    """Energy, GPU time and activity to add to ledger rows, and the unattributed processes' detail."""
 
     def __init__(self) -> None:
         self.ledger: dict[tuple[int, int, str, int | None, str], list[int]] = {}
         self.unattributed: dict[tuple[int, int, int, str], list] = {}
 
-    def add(self, gpu_id: int, shares: Iterable[Share], min_hour_us: int = 0) -> None:
+    def add(self, gpu_id: int, shares: Iterable[Share], activity: Activity = NO_ACTIVITY,
+            min_hour_us: int = 0) -> None:
         for s in shares:
             if s.hour_us < min_hour_us:
                 continue
             account = job_account(s.job_id) if s.job_id else (UNATTRIBUTED if s.pid is not None else IDLE)
-            slot = self.ledger.setdefault((gpu_id, s.hour_us, account, s.job_id, str(s.method)), [0, 0])
-            slot[0] += s.energy_mj
-            slot[1] += s.gpu_us
+            slot = self.ledger.setdefault((gpu_id, s.hour_us, account, s.job_id, str(s.method)), [0] * len(SUMMED))
+            for i, value in enumerate([s.energy_mj, s.gpu_us, *activity.weights_us(s.gpu_us)]):
+                slot[i] += value
             if account == UNATTRIBUTED:
                 detail = self.unattributed.setdefault((gpu_id, s.hour_us, s.pid, s.user or "?"), [0, None])
                 detail[0] += s.energy_mj
@@ -102,9 +129,9 @@ def add_to_ledger(session: Session, deltas: Deltas) -> None:
     """Add energy and GPU time to ledger rows (the GPUs must be locked by the caller)."""
     _upsert_add(session, LedgerEntry.__table__, ("gpu_id", "hour", "account", "method"), [
         {"gpu_id": gpu_id, "hour": to_datetime(hour_us), "account": account, "job_id": job_id, "method": method,
-         "energy_mj": energy, "gpu_us": gpu_us}
-        for (gpu_id, hour_us, account, job_id, method), (energy, gpu_us) in deltas.ledger.items()
-    ], ("energy_mj", "gpu_us"))
+         **dict(zip(SUMMED, sums, strict=True))}
+        for (gpu_id, hour_us, account, job_id, method), sums in deltas.ledger.items()
+    ], SUMMED)
     _upsert_add(session, UnattributedUse.__table__, ("gpu_id", "hour", "pid", "user"), [
         {"gpu_id": gpu_id, "hour": to_datetime(hour_us), "pid": pid, "user": user, "energy_mj": energy,
          "job_key": job_key}
@@ -144,6 +171,7 @@ def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
              "energy_mj": i.energy_mj, "method": i.method, "power_mw": i.power_mw,
              "gpu_util_pct": i.gpu_util_pct, "memory_util_pct": i.memory_util_pct,
              "memory_used_bytes": i.memory_used_bytes, "sm_clock_mhz": i.sm_clock_mhz,
+             "sm_active_pct": i.sm_active_pct, "tensor_active_pct": i.tensor_active_pct, "dram_bw_pct": i.dram_bw_pct,
              "processes": [p.model_dump() for p in i.processes] or None,
              "mig": [m.model_dump() for m in i.mig] or None}
             for i in batch.intervals
@@ -160,7 +188,8 @@ def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
             deltas.add(gpu_id, attribute_interval(
                 interval.start_us, interval.end_us, interval.energy_mj, interval.method,
                 signals.tenancies.get(gpu_id, []), signals.for_interval(gpu_id, row["processes"], row["mig"]),
-            ))
+            ), Activity(interval.gpu_util_pct, interval.sm_active_pct, interval.tensor_active_pct,
+                        interval.dram_bw_pct))
         add_to_ledger(session, deltas)
     if batch.events:
         session.execute(sa.insert(GpuEvent.__table__), [
@@ -200,7 +229,8 @@ def reattribute(session: Session, gpu_ids: Sequence[int], from_us: int) -> int:
         if expired_before is not None:
             start_hour = max(start_hour, to_us(expired_before))
         samples = session.execute(
-            sa.select(s.c.start_at, s.c.end_at, s.c.energy_mj, s.c.method, s.c.processes, s.c.mig)
+            sa.select(s.c.start_at, s.c.end_at, s.c.energy_mj, s.c.method, s.c.processes, s.c.mig, s.c.gpu_util_pct,
+                      s.c.sm_active_pct, s.c.tensor_active_pct, s.c.dram_bw_pct)
             .where(s.c.gpu_id == gpu_id, s.c.end_at > to_datetime(start_hour))
         ).all()
         for table in (t, u):
@@ -215,7 +245,8 @@ def reattribute(session: Session, gpu_ids: Sequence[int], from_us: int) -> int:
             deltas.add(gpu_id, attribute_interval(
                 to_us(row.start_at), to_us(row.end_at), row.energy_mj, row.method,
                 signals.tenancies.get(gpu_id, []), signals.for_interval(gpu_id, row.processes, row.mig),
-            ), min_hour_us=start_hour)
+            ), Activity(row.gpu_util_pct, row.sm_active_pct, row.tensor_active_pct, row.dram_bw_pct),
+                min_hour_us=start_hour)
         add_to_ledger(session, deltas)
         done += len(samples)
     return done

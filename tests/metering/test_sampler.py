@@ -181,6 +181,9 @@ def test_batch_format_is_exactly_what_ingest_expects(backend, tmp_path):
         "memory_util_pct": 40,
         "memory_used_bytes": 2 * 2**30,
         "sm_clock_mhz": 1980,
+        "sm_active_pct": None,
+        "tensor_active_pct": None,
+        "dram_bw_pct": None,
         "pids": [4001, 5001],
         "processes": [  # no resolver: nobody owns them; no per-process utilization reported
             {"pid": 4001, "sm_pct": None, "job_key": None, "user": None},
