@@ -37,6 +37,28 @@ class UTCDateTime(sa.types.TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class BigCount(sa.types.TypeDecorator):
+    """Non-negative integers beyond 64 bits (FLOP counts pass 2^63 ≈ 9.2e18 in a day of a
+    large job): NUMERIC(40, 0) on PostgreSQL, a decimal string on SQLite (whose NUMERIC would
+    round them through a float). Sum them in Python, not in SQL, on SQLite."""
+
+    impl = sa.Numeric(40, 0)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(40))
+        return dialect.type_descriptor(sa.Numeric(40, 0))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        return str(int(value)) if dialect.name == "sqlite" else int(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else int(value)
+
+
 def _sqlite_pragmas(foreign_keys: bool):
     def on_connect(dbapi_connection, _record) -> None:
         # WAL lets the API read while a worker writes; the busy timeout makes writers queue

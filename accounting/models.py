@@ -4,9 +4,10 @@ from sqlmodel import SQLModel
 
 from accounting.jobs.models import Allocation, Gpu, Job
 from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample, UnattributedUse
+from accounting.work.models import WorkReport
 
 metadata = SQLModel.metadata
 
 __all__ = [
-    "Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "UnattributedUse", "metadata",
+    "Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "UnattributedUse", "WorkReport", "metadata",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlmodel import SQLModel
 
 from accounting.config import get_settings
-from accounting.db import UTCDateTime, make_engine
+from accounting.db import BigCount, UTCDateTime, make_engine
 from accounting.models import metadata  # noqa: F401  (registers every table)
 from alembic import context
 
@@ -25,6 +25,8 @@ def render_item(type_, obj, autogen_context):
     # Migrations spell the portable type, not our decorator.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    if type_ == "type" and isinstance(obj, BigCount):
+        return "sa.Numeric(40, 0).with_variant(sa.String(40), 'sqlite')"
     return False
 
 

@@ -19,6 +19,12 @@ class JobKind(StrEnum):
     other = "other"
 
 
+class Precision(StrEnum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp8 = "fp8"
+
+
 class Gpu(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     uuid: str = Field(max_length=96, sa_column_kwargs={"unique": True}, nullable=False)
@@ -64,6 +70,13 @@ class JobBase(SQLModel):
         default=None, ge=1, le=10**15, sa_type=sa.BigInteger,
         description="Parameter count N of the model the job trains or serves.",
     )
+    # For the attention term of model-FLOP estimates (PaLM, appendix B): 12·L·H·Q·T per token.
+    model_layers: int | None = Field(default=None, ge=1, le=10_000, description="Transformer layers L.")
+    model_heads: int | None = Field(default=None, ge=1, le=10_000, description="Attention heads H.")
+    model_head_dim: int | None = Field(default=None, ge=1, le=100_000, description="Head dimension Q.")
+    model_seq_len: int | None = Field(default=None, ge=1, le=10**8, description="Sequence length T.")
+    precision: Precision = Field(default=Precision.bf16, sa_type=sa.String(8),
+                                 description="The precision whose peak FLOP/s MFU is measured against.")
 
 
 class JobCreate(JobBase):

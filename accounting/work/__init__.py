@@ -1,0 +1,1 @@
+"""Useful work: reports, estimates, efficiency (FLOP/J, tokens/J, MFU) and waste."""

@@ -1,0 +1,7 @@
+"""Routes for efficiency (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["efficiency"])
