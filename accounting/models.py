@@ -9,5 +9,6 @@ from accounting.work.models import WorkReport
 metadata = SQLModel.metadata
 
 __all__ = [
-    "Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "UnattributedUse", "WorkReport", "metadata",
+    "Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "UnattributedUse", "WorkReport",
+    "metadata",
 ]

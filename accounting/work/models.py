@@ -30,7 +30,8 @@ class WorkReportBase(SQLModel):
 
 
 class WorkReportCreate(WorkReportBase):
-    key: str = Field(min_length=1, max_length=200, description="Idempotency key: a retry with the same key counts once.")
+    key: str = Field(min_length=1, max_length=200,
+                     description="Idempotency key: a retry with the same key counts once.")
 
     @field_validator("at")
     @classmethod
