@@ -235,17 +235,35 @@ def account_nj(segments: Iterable[Segment], mig: Sequence[MigInstance]) -> dict[
     return out
 
 
-def processes(active: Sequence[Assignment], dynamic: dict[Assignment, int], spec: GpuSpec, window_us: int,
-              used_bytes: int) -> tuple[GpuProcess, ...]:  # fmt: skip
-    """The pids of the active runs. A run's SM utilization is its mean dynamic power over the
-    window as a percent of the GPU's dynamic range (TDP − idle), clipped to [0, 100] and split
-    evenly among its pids; the memory above the driver's is split evenly among all pids."""
+def seen(segments: Sequence[Segment], current: Sequence[Assignment], step: int,
+         since_us: int) -> tuple[Assignment, ...]:  # fmt: skip
+    """The runs with pids that a read at `step` lists for the window [since_us, now) cut into
+    `segments`: those running at `step` (in `current`, the assignments of its chunk) and those that
+    ran at any time in the window and have exited since, as NVML's buffered utilization samples
+    still show them. Sorted by start step, in the order assigned."""
+    out: dict[Assignment, None] = {}
+    for group in (*(seg.assignments for seg in segments), current):
+        for a in group:
+            if a.pids and a.start_step <= step and a.end_step * STEP_US > since_us:
+                out[a] = None
+    return tuple(out)
+
+
+def processes(seen: Sequence[Assignment], step: int, dynamic: dict[Assignment, int], spec: GpuSpec,
+              window_us: int, used_bytes: int) -> tuple[GpuProcess, ...]:  # fmt: skip
+    """The pids of the runs `seen` in the window of a read at `step`. A run's SM utilization is its
+    mean dynamic power over the whole window as a percent of the GPU's dynamic range (TDP − idle),
+    clipped to [0, 100] and split evenly among its pids; the memory above the driver's is split
+    evenly among the pids still running at `step`, and an exited run's pids have none (None): NVML's
+    compute-process list no longer has them."""
     full_nj = (spec.tdp_w - spec.idle_w) * 1_000 * window_us  # mW × µs
-    each_bytes = used_bytes // sum(len(a.pids) for a in active)
+    running = [a for a in seen if step < a.end_step]
+    each_bytes = used_bytes // sum(len(a.pids) for a in running) if running else 0
     out: list[GpuProcess] = []
-    for a in active:
+    for a in seen:
         pct = min(max(100 * dynamic.get(a, 0) / full_nj, 0.0), 100.0) / len(a.pids)
-        out += [GpuProcess(pid, each_bytes, pct) for pid in a.pids]
+        memory = each_bytes if step < a.end_step else None
+        out += [GpuProcess(pid, memory, pct) for pid in a.pids]
     return tuple(out)
 
 

@@ -165,16 +165,18 @@ class SimulatedFleet:
             if g.mig:  # NVML: no duty cycles and no per-process utilization on MIG
                 dynamic = dynamic_nj(self._segments(g, *window))
                 return replace(reading, mig=sharing.mig_activity(g.mig, dynamic, g.spec, window[1] - window[0]))
-            active = [a for a in assignments if a.start_step <= step < a.end_step and a.pids]
-            if active:
-                dynamic = dynamic_nj(self._segments(g, *window))
+            # Like nvmlDeviceGetProcessUtilization: every run active in the window, exited ones too.
+            segments = list(self._segments(g, *window))
+            seen = sharing.seen(segments, assignments, step, window[0])
+            if seen:
                 used_bytes = max(n_used - BASE_MEMORY_MIB, 0) * _MIB
-                processes = sharing.processes(active, dynamic, g.spec, window[1] - window[0], used_bytes)
+                processes = sharing.processes(seen, step, dynamic_nj(segments), g.spec, window[1] - window[0],
+                                              used_bytes)  # fmt: skip
             return replace(
                 reading,
                 gpu_util_pct=round(self._util_sum(g, step) / UTIL_WINDOW_STEPS),
                 memory_util_pct=int(chunk.mem_util_pct[i]),
-                processes=processes if active else (),
+                processes=processes if seen else (),
             )
 
     def close(self) -> None:

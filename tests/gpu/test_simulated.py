@@ -251,7 +251,9 @@ def test_processes_reported_while_active() -> None:
     reading = fleet.read(uuid)
     assert [p.pid for p in reading.processes] == [41, 42]
     assert reading.memory_used_bytes > 60 * 2**30
-    clock.set(START_US + 10 * US_PER_S)
+    clock.set(START_US + 10 * US_PER_S)  # exited at 10 s: still in the read that closes [5 s, 10 s)
+    assert [(p.pid, p.used_memory_bytes) for p in fleet.read(uuid).processes] == [(41, None), (42, None)]
+    clock.set(START_US + 11 * US_PER_S)
     assert fleet.read(uuid).processes == ()
 
 
