@@ -4,25 +4,20 @@ PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
-from sqlmodel import Session
 
-from accounting.clock import US_PER_S, FakeClock
+from accounting.clock import FakeClock
 from accounting.demo import alibaba
 from accounting.demo.alibaba import MILLI, FleetGpu, Pod, TraceFormatError, alibaba_scenario, busiest_window
 from accounting.gpu.sharing import IDLE, UNATTRIBUTED
-from accounting.gpu.workloads import STEP_US
 from accounting.ledger.reports import conservation_errors, fleet_totals, job_energy
-from tests.conftest import truncate_all
 
 pytestmark = pytest.mark.skipif(not alibaba.POD_FILE.exists(), reason=f"trace not found at {alibaba.POD_FILE}")
 SAMPLE_S, BATCH_S = 5, 300
-MIN_CHECKED_S = 120  # 24 readings; why shorter jobs get a bound instead of 2 %: see the replay test
 
 
 @pytest.fixture(scope="module")
@@ -182,81 +177,36 @@ def test_the_default_scenario_mixes_shared_whole_and_multi_gpu_jobs(default_scen
         (j.external_id, j.gpu_uuids, j.start_us, j.end_us, j.workload, j.team) for j in s.jobs]
 
 
-def read_times(scenario, *, at_boundaries: bool) -> list[int]:
-    """When replay reads the GPUs."""
-    reads = {*range(scenario.start_us, scenario.end_us, SAMPLE_S * US_PER_S), scenario.end_us}
-    if at_boundaries:
-        reads |= {t for j in scenario.jobs for t in (j.start_us, j.end_us - STEP_US, j.end_us)}
-    return sorted(reads)
-
-
-def boundary_j(scenario, fleet, job, reads: list[int]) -> float:
-    """The true energy, on the job's GPUs, of the intervals between readings that are closed at or
-    after a start or end of any job on those GPUs while this one runs: where readings can misplace."""
-    total = 0.0
-    for uuid in job.gpu_uuids:
-        edges = {t for o in scenario.jobs if uuid in o.gpu_uuids for t in (o.start_us, o.end_us)}
-        closing = {bisect.bisect_left(reads, t) for t in edges if job.start_us <= t <= job.end_us}
-        total += sum(fleet.true_energy_j(uuid, reads[k - 1], reads[k]) for k in closing if 0 < k < len(reads))
-    return total
-
-
-def replay_against_truth(scenario, session, spool_dir, *, at_boundaries: bool) -> dict[str, float]:
-    """Replay, check conservation, IDLE, UNATTRIBUTED and every job against its boundary bound;
-    returns each job's relative error."""
+def replay_against_truth(scenario, session, spool_dir) -> dict[str, float]:
+    """Replay, check conservation, IDLE and UNATTRIBUTED; returns each job's relative error."""
     began = time.perf_counter()
     result = alibaba.replay(scenario, session=session, clock=FakeClock(scenario.start_us), spool_dir=spool_dir,
-                    sample_s=SAMPLE_S, batch_s=BATCH_S, at_boundaries=at_boundaries)  # fmt: skip
+                    sample_s=SAMPLE_S, batch_s=BATCH_S)  # fmt: skip
     assert result.batches == len(scenario.nodes) * scenario.duration_s // BATCH_S
     assert conservation_errors(session) == []
     truth = result.fleet.true_account_energies_j(scenario.start_us, scenario.end_us)
-    reads, errors = read_times(scenario, at_boundaries=at_boundaries), {}
+    errors = {}
     for job in scenario.jobs:
         attributed_j = job_energy(session, result.job_ids[job.external_id]).energy_mj / 1_000
         true_j = truth[job.tenant]
         errors[job.external_id] = abs(attributed_j - true_j) / true_j
-        bound_j = boundary_j(scenario, result.fleet, job, reads)
-        assert abs(attributed_j - true_j) <= bound_j + 0.002 * true_j + 0.01, (job.external_id, attributed_j, true_j)
     totals = fleet_totals(session)
     assert totals.idle_mj / 1_000 == pytest.approx(truth[IDLE], rel=0.02)
     assert totals.unattributed_mj / 1_000 == pytest.approx(truth.get(UNATTRIBUTED, 0.0), abs=1.0)
     assert totals.balanced
     print(f"\n{len(scenario.jobs)} jobs on {len(scenario.gpus)} GPUs, {result.readings} readings "
-          f"(at boundaries: {at_boundaries}) in {time.perf_counter() - began:.1f} s; per-job error max "
+          f"in {time.perf_counter() - began:.1f} s; per-job error max "
           f"{max(errors.values()):.2%}, median {float(np.median(list(errors.values()))):.4%}, "
           f"above 2 %: {sorted((round(e, 4), n) for n, e in errors.items() if e > 0.02)}")
     return errors
 
 
 def test_a_replay_of_the_busiest_window_matches_the_fleets_truth(default_scenario, session, tmp_path):
-    """The pipeline, reading every 5 s, against the simulator's truth per account.
-
-    Readings misplace energy only in an interval where a tenancy starts or ends. A job's process
-    shows in the reading that closes the interval it started in: alone on its GPU, the job pays
-    that whole interval (the idle part before its start too). A job that ends between readings is
-    missing from the closing one: its dynamic energy since the last reading goes to its co-tenants,
-    or is spread over the interval's time between it and IDLE. So the error is at most the energy
-    of those intervals (`boundary_j`) — a few % of a job that lasts only a few readings: the trace
-    has tasks of seconds, and compressed 12 × they last a fraction of one. Jobs of 2 simulated
-    minutes (24 readings) or more must be within 2 %; shorter ones within their boundary bound."""
-    errors = replay_against_truth(default_scenario, session, tmp_path, at_boundaries=False)
-    long = [j for j in default_scenario.jobs if j.end_us - j.start_us >= MIN_CHECKED_S * US_PER_S]
-    assert len(long) >= 40
-    assert max(errors[j.external_id] for j in long) <= 0.02
-
-
-@pytest.fixture
-def sqlite_session(sqlite_engine):
-    truncate_all(sqlite_engine)
-    with sqlite_engine.connect() as connection, connection.begin() as transaction:
-        with Session(bind=connection, join_transaction_mode="create_savepoint") as db:
-            yield db
-        transaction.rollback()
-
-
-def test_readings_at_job_boundaries_leave_only_the_last_step(default_scenario, sqlite_session, tmp_path):
-    """The same replay, read also as each job starts, one 100 ms step before it ends and as it ends
-    (what prolog/epilog hooks could trigger): what is left misplaced is each job's last step, whose
-    closing reading no longer lists it. Jobs of 10 s or more are then within 0.1 %."""
-    errors = replay_against_truth(default_scenario, sqlite_session, tmp_path, at_boundaries=True)
-    assert max(errors[j.external_id] for j in default_scenario.jobs if j.end_us - j.start_us >= 10 * US_PER_S) <= 1e-3
+    """The pipeline, reading every 5 s, against the simulator's truth per account: every job
+    within 2 %, however short. Jobs start and end between readings (trace tasks last seconds,
+    compressed 12 ×), so this holds only because processes are reported for the whole window they
+    ran in (as NVML's utilization samples are) and attribution puts their energy where their
+    allocation was (measured when this was written: worst 0.05 %, median 0.0002 %)."""
+    errors = replay_against_truth(default_scenario, session, tmp_path)
+    assert len(errors) >= 100
+    assert max(errors.values()) <= 0.02, sorted(errors.items(), key=lambda e: -e[1])[:5]
