@@ -1,0 +1,1 @@
+"""Tests of useful work: estimates, reports, the reporter."""
