@@ -3,8 +3,9 @@
 It owns NVML's lifetime (one nvmlInit per backend, one nvmlShutdown on close), the device
 handles (cached by UUID at start), the decoding of NVML's answers into GpuReading, and the
 mapping of every NVMLError onto the project's error family: nothing NVML-typed leaves here.
-MIG enumeration and GPM activity live in `nvml_mig`, which gets this module's `pynvml` and
-error guard handed in rather than importing either.
+MIG enumeration and per-instance activity live in `nvml_mig`, device-level GPM activity (SM,
+tensor, DRAM bandwidth; Hopper+) and the GPM plumbing both share in `nvml_gpm`; they get this
+module's `pynvml` and error guard handed in rather than importing either.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from accounting.errors import (
     GpuUnknownError,
 )
 from accounting.gpu.backend import GpuInfo, GpuProcess, GpuReading
+from accounting.gpu.nvml_gpm import DeviceGpm, Gpm
 from accounting.gpu.nvml_mig import MigMonitor
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,9 @@ class NvmlBackend:
         # One lock serializes reads against close(), so no call reaches NVML after nvmlShutdown.
         self._lock = threading.Lock()
         self._closed = False
-        self._mig = MigMonitor(pynvml, _nvml_errors)
+        gpm = Gpm(pynvml, _nvml_errors)
+        self._mig = MigMonitor(pynvml, _nvml_errors, gpm)
+        self._device_gpm = DeviceGpm(gpm, pynvml)
         self._util_since_us: dict[str, int] = {}  # per GPU: the newest process sample seen
         try:
             pynvml.nvmlInit()
@@ -177,6 +181,7 @@ class NvmlBackend:
             procs = self._optional(pynvml.nvmlDeviceGetComputeRunningProcesses, handle, uuid)
             sm_by_pid = self._process_sm_util(handle, uuid)
             mig = self._mig.activity(uuid, handle, timestamp_us)
+            gpm = self._device_gpm.activity(uuid, handle, timestamp_us)
         return GpuReading(
             uuid=uuid,
             timestamp_us=timestamp_us,
@@ -188,6 +193,7 @@ class NvmlBackend:
             sm_clock_mhz=None if sm_clock_mhz is None else int(sm_clock_mhz),
             processes=_processes(procs or (), sm_by_pid),
             mig=mig,
+            **gpm,
         )
 
     def _process_sm_util(self, handle: Any, uuid: str) -> dict[int, float]:
@@ -245,6 +251,7 @@ class NvmlBackend:
                 return
             self._closed = True
             self._mig.close()
+            self._device_gpm.close()
             self._shutdown()
 
     def _shutdown(self) -> None:

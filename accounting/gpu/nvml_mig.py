@@ -1,7 +1,7 @@
 """MIG instances and their GPM activity, for the NVML backend.
 
 It owns the enumeration of a physical GPU's MIG devices (GpuInfo with parent, profile, slices)
-and the GPM sample buffers behind per-instance activity. `nvml.py` hands it the `pynvml` module
+and the GPM samples behind per-instance activity. `nvml.py` hands it the `pynvml` module
 and its error guard, so pynvml is imported in one module only and every NVMLError still becomes
 a GpuError before code here looks at it.
 
@@ -18,9 +18,10 @@ NVML facts this rests on (NVML API reference, nvidia-ml-py 13.615):
   the "g" whenever one CI fills its GI (the default); counting CI slices keeps a GI split into
   several CIs from being counted once per CI.
 - Activity: GPM (Hopper+) per GI via nvmlGpmMigSampleGet(parent, gpuInstanceId, sample); two samples
-  at least 100 ms apart go to nvmlGpmMetricsGet. SM_UTIL (share of the instance's SMs busy) is used,
-  not GRAPHICS_UTIL, which is a duty cycle ("any app active") that a tiny kernel in a loop pins at
-  100% while drawing little power. CIs of one GI share their GI's value.
+  at least 100 ms apart go to nvmlGpmMetricsGet (the plumbing is nvml_gpm's, shared with device-level
+  GPM). SM_UTIL (share of the instance's SMs busy) is used, not GRAPHICS_UTIL, which is a duty cycle
+  ("any app active") that a tiny kernel in a loop pins at 100% while drawing little power. CIs of one
+  GI share their GI's value.
 """
 
 from __future__ import annotations
@@ -29,21 +30,18 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from accounting.errors import GpuBackendUnavailable, GpuError, GpuLost, GpuNoPermission, GpuNotSupported
 from accounting.gpu.backend import GpuInfo, MigActivity
+from accounting.gpu.nvml_gpm import Gpm, Guard, SamplePair
 
 log = logging.getLogger(__name__)
 
-Guard = Callable[[str | None], AbstractContextManager[None]]
-
 # "… MIG 1g.10gb", "… MIG 1c.3g.40gb", "… MIG 1g.10gb+me" (some drivers print "3G.20GB")
 _PROFILE_IN_NAME = re.compile(r"\bMIG\s+((?:\d+c\.)?\d+g\.\d+gb(?:\+[a-z0-9.,]+)?)\s*$", re.IGNORECASE)
-GPM_MIN_INTERVAL_US = 100_000  # NVML: two GPM samples must be more than 100 ms apart
 _MIB = 1024**2
 _GIB = 1024**3
 
@@ -83,19 +81,17 @@ def _fatal(err: GpuError) -> bool:
 @dataclass(slots=True)
 class _GpmState:
     uuids: tuple[str, ...]  # the MIG devices of this GI when it was first sampled
-    previous: Any  # buffer holding the older sample
-    spare: Any  # buffer the next sample is read into
-    taken_us: int
+    samples: SamplePair
 
 
 class MigMonitor:
     """MIG enumeration and per-GI GPM samples for one NVML backend; not thread-safe on its own
     (the backend calls it under its lock)."""
 
-    def __init__(self, nvml: ModuleType, guard: Guard) -> None:
+    def __init__(self, nvml: ModuleType, guard: Guard, gpm: Gpm | None = None) -> None:
         self._nvml = nvml
         self._guard = guard
-        self._gpm_support: dict[str, bool] = {}
+        self._gpm = gpm if gpm is not None else Gpm(nvml, guard)
         self._states: dict[tuple[str, int], _GpmState] = {}
 
     # enumeration
@@ -172,7 +168,7 @@ class MigMonitor:
         """SM activity of each MIG device since the previous call for its GI; () when MIG is off,
         GPM is unsupported, it is the first sample, or anything fails."""
         try:
-            if not self._gpm_supported(parent_uuid, parent):
+            if not self._gpm.supported(parent_uuid, parent):
                 return ()
             groups = self._gpu_instances(parent_uuid, parent)
         except GpuError as err:
@@ -190,18 +186,6 @@ class MigMonitor:
                 found.extend(MigActivity(uuid=uuid, activity_pct=pct) for uuid in uuids)
         return tuple(found)
 
-    def _gpm_supported(self, parent_uuid: str, parent: Any) -> bool:
-        if parent_uuid not in self._gpm_support:
-            try:
-                with self._guard(parent_uuid):
-                    support = self._nvml.nvmlGpmQueryDeviceSupport(parent)
-                self._gpm_support[parent_uuid] = bool(support.isSupportedDevice)
-            except GpuError as err:
-                if not (isinstance(err, GpuNotSupported) or _code(err) == self._nvml.NVML_ERROR_FUNCTION_NOT_FOUND):
-                    raise  # maybe transient: ask again next time
-                self._gpm_support[parent_uuid] = False
-        return self._gpm_support[parent_uuid]
-
     def _gpu_instances(self, parent_uuid: str, parent: Any) -> dict[int, tuple[str, ...]]:
         """GPU instance id → the UUIDs of its MIG devices."""
         groups: dict[int, list[str]] = {}
@@ -215,47 +199,20 @@ class MigMonitor:
         key = (parent_uuid, gi_id)
         state = self._states.get(key)
         if state is not None and state.uuids != uuids:  # the GI id was reused by a new instance
-            self._free(self._states.pop(key))
+            self._gpm.free(self._states.pop(key).samples)
             state = None
+
+        def take(buffer: Any) -> Any:
+            return self._nvml.nvmlGpmMigSampleGet(parent, gi_id, buffer)
+
         if state is None:
-            state = self._start(parent_uuid, parent, gi_id, uuids, now_us)
-            self._states[key] = state
+            self._states[key] = _GpmState(uuids, self._gpm.start(parent_uuid, take, now_us))
             return None  # the first sample of this GI: nothing to compare with yet
-        if now_us - state.taken_us < GPM_MIN_INTERVAL_US:
-            return None  # keep the older sample, so the next call spans a long enough interval
-        with self._guard(parent_uuid):
-            self._nvml.nvmlGpmMigSampleGet(parent, gi_id, state.spare)
-        older, newer = state.previous, state.spare
-        state.previous, state.spare, state.taken_us = newer, older, now_us
-        return self._sm_util(parent_uuid, older, newer)
-
-    def _start(self, parent_uuid: str, parent: Any, gi_id: int, uuids: tuple[str, ...], now_us: int) -> _GpmState:
-        buffers: list[Any] = []
-        try:
-            with self._guard(parent_uuid):
-                buffers.append(self._nvml.nvmlGpmSampleAlloc())
-                buffers.append(self._nvml.nvmlGpmSampleAlloc())
-                self._nvml.nvmlGpmMigSampleGet(parent, gi_id, buffers[0])
-        except GpuError:
-            self._free_buffers(buffers)
-            raise
-        return _GpmState(uuids=uuids, previous=buffers[0], spare=buffers[1], taken_us=now_us)
-
-    def _sm_util(self, uuid: str, older: Any, newer: Any) -> float | None:
-        nvml = self._nvml
-        request = nvml.c_nvmlGpmMetricsGet_t()
-        request.version = nvml.NVML_GPM_METRICS_GET_VERSION
-        request.numMetrics = 1
-        request.sample1 = older
-        request.sample2 = newer
-        request.metrics[0].metricId = nvml.NVML_GPM_METRIC_SM_UTIL
-        with self._guard(uuid):
-            result = nvml.nvmlGpmMetricsGet(request)
-        metric = result.metrics[0]
-        # The call succeeds when any metric was computed; each metric carries its own status.
-        if metric.nvmlReturn != nvml.NVML_SUCCESS or not math.isfinite(metric.value):
+        samples = self._gpm.advance(parent_uuid, state.samples, take, now_us)
+        if samples is None:
             return None
-        return min(max(float(metric.value), 0.0), 100.0)
+        (sm_util,) = self._gpm.metrics(parent_uuid, *samples, [self._nvml.NVML_GPM_METRIC_SM_UTIL])
+        return sm_util
 
     # buffers
 
@@ -263,21 +220,10 @@ class MigMonitor:
         """Free the samples of GPU instances of this parent that no longer exist."""
         kept = set(keep)
         for key in [k for k in self._states if k[0] == parent_uuid and k[1] not in kept]:
-            self._free(self._states.pop(key))
-
-    def _free(self, state: _GpmState) -> None:
-        self._free_buffers([state.previous, state.spare])
-
-    def _free_buffers(self, buffers: list[Any]) -> None:
-        for buffer in buffers:
-            try:
-                with self._guard(None):
-                    self._nvml.nvmlGpmSampleFree(buffer)
-            except GpuError as err:
-                log.warning("nvmlGpmSampleFree failed: %s", err)
+            self._gpm.free(self._states.pop(key).samples)
 
     def close(self) -> None:
         """Free every GPM sample buffer; call before nvmlShutdown."""
         for state in self._states.values():
-            self._free(state)
+            self._gpm.free(state.samples)
         self._states.clear()

@@ -21,9 +21,10 @@ from typing import NamedTuple
 import numpy as np
 
 from accounting.gpu.backend import GpuProcess, MigActivity, ProcessOwner
+from accounting.gpu.chunks import Chunk
 from accounting.gpu.mig import MigInstance
 from accounting.gpu.specs import MIG_SLICES, GpuSpec
-from accounting.gpu.workloads import STEP_US, Chunk, Workload
+from accounting.gpu.workloads import STEP_US, Workload
 
 IDLE = "idle"
 UNATTRIBUTED = "unattributed"

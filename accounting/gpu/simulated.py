@@ -4,12 +4,16 @@ It owns the ground truth of every simulated GPU — true power, piecewise consta
 grid in integer mW — and derives from it what NVML would report: the total-energy counter
 (exact integer µJ inside, floored to mJ, advancing at each step boundary, restarting at
 driver resets), the power sensor (a 1 s mean on Hopper and newer, instantaneous on A100 and
-older), duty cycles, memory, clocks and processes. Readings are taken at `clock.now_us()`.
+older), duty cycles, memory, clocks, processes and, on Hopper and newer only (GpuSpec.has_gpm),
+GPM's SM, tensor and DRAM-bandwidth activity as means since the previous read (workloads.py says
+what each workload shows; chunks.py how co-tenants and MIG instances combine). Readings are taken
+at `clock.now_us()`.
 
 Shared GPUs: runs with a tenant may overlap, adding dynamic power over one idle baseline (capped
 at TDP together); MIG instances (`enable_mig`) run scaled to their slices, metered only as a whole.
-Ground truth per account, process owners and activity (SM activity tracks the dynamic energy a
-process or instance causes) are defined in sharing.py.
+Accounts, process owners and per-process / per-instance activity (SM activity there tracks the
+dynamic energy a process or instance causes) are defined in sharing.py; the ground-truth queries
+(energy, per-account energy, useful work) in truth.py.
 
 True power is a pure function of (seed, GPU, assignments): it is rendered lazily in 10-minute
 chunks with a per-(seed, GPU, chunk) generator, so any chunk is reproducible on its own and
@@ -24,7 +28,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,16 +36,18 @@ from accounting.clock import Clock
 from accounting.errors import GpuError, GpuLost, GpuNotSupported
 from accounting.gpu import mig as mig_layout
 from accounting.gpu import sharing
-from accounting.gpu.backend import GpuInfo, GpuReading, ProcessOwner
+from accounting.gpu.backend import GpuInfo, GpuProcess, GpuReading, MigActivity, ProcessOwner
+from accounting.gpu.chunks import CHUNK_STEPS, SIGNALS, Chunk, Tenant, render_chunk
 from accounting.gpu.mig import MigInstance
 from accounting.gpu.sharing import Assignment, Segment, dynamic_nj
 from accounting.gpu.specs import GpuSpec, get_spec
-from accounting.gpu.workloads import BASE_MEMORY_MIB, STEP_US, Chunk, Tenant, Workload, render_chunk
+from accounting.gpu.truth import GroundTruth
+from accounting.gpu.workloads import BASE_MEMORY_MIB, STEP_US, Workload
 
-CHUNK_STEPS = 6_000  # 10 simulated minutes
 CHUNK_US = CHUNK_STEPS * STEP_US
 SENSOR_WINDOW_US = 1_000_000  # nvmlDeviceGetPowerUsage averages over 1 s on Hopper and newer
 UTIL_WINDOW_STEPS = 10  # duty cycles cover the last second's completed steps
+GPM_MIN_WINDOW_US = 100_000  # NVML's GPM needs samples more than 100 ms apart
 _CHUNKS_PER_GPU = 4  # cache: the current and previous chunks, with room for a look back
 _DENSE_CHECKPOINTS = 16  # keep every recent chunk start; older ones only every 64th
 _MIB = 1 << 20
@@ -72,6 +78,7 @@ class _Gpu:
     next_serial: int = 0
     mig: tuple[MigInstance, ...] = ()
     last_read_us: int | None = None  # per-process and per-instance activity cover the time since
+    gpm_since_us: int | None = None  # GPM means cover the time since (the last read that gave them)
     lost: list[tuple[int, int]] = field(default_factory=list)
     # Counter epochs, sorted: (from_us, first counted step, counter µJ at that step).
     epochs: list[tuple[int, int, int]] = field(default_factory=list)
@@ -79,8 +86,8 @@ class _Gpu:
     epoch_cum_uj: dict[int, int] = field(default_factory=dict)  # step → cum µJ (cache)
 
 
-class SimulatedFleet:
-    """A GpuBackend over simulated GPUs; see the module docstring."""
+class SimulatedFleet(GroundTruth):
+    """A GpuBackend over simulated GPUs; see the module docstring. Ground truth: truth.py."""
 
     kind = "simulated"
 
@@ -154,30 +161,43 @@ class SimulatedFleet:
             since_us = g.last_read_us if g.last_read_us is not None and g.last_read_us < t_us else None
             window = (t_us - SENSOR_WINDOW_US if since_us is None else since_us, t_us)
             g.last_read_us = t_us
-            reading = GpuReading(
-                uuid=uuid,
-                timestamp_us=t_us,
-                energy_mj=self._counter_mj(g, t_us),
-                power_mw=power_mw,
-                memory_used_bytes=n_used * _MIB,
-                sm_clock_mhz=int(chunk.sm_clock_mhz[i]),
-            )
-            if g.mig:  # NVML: no duty cycles and no per-process utilization on MIG
-                dynamic = dynamic_nj(self._segments(g, *window))
-                return replace(reading, mig=sharing.mig_activity(g.mig, dynamic, g.spec, window[1] - window[0]))
-            # Like nvmlDeviceGetProcessUtilization: every run active in the window, exited ones too.
             segments = list(self._segments(g, *window))
-            seen = sharing.seen(segments, assignments, step, window[0])
-            if seen:
-                used_bytes = max(n_used - BASE_MEMORY_MIB, 0) * _MIB
-                processes = sharing.processes(seen, step, dynamic_nj(segments), g.spec, window[1] - window[0],
-                                              used_bytes)  # fmt: skip
-            return replace(
-                reading,
-                gpu_util_pct=round(self._util_sum(g, step) / UTIL_WINDOW_STEPS),
-                memory_util_pct=int(chunk.mem_util_pct[i]),
-                processes=processes if seen else (),
-            )
+            util_pct = mem_util_pct = None  # NVML: no duty cycles and no per-process utilization on MIG
+            processes: tuple[GpuProcess, ...] = ()
+            mig: tuple[MigActivity, ...] = ()
+            if g.mig:
+                mig = sharing.mig_activity(g.mig, dynamic_nj(segments), g.spec, window[1] - window[0])
+            else:
+                # Like nvmlDeviceGetProcessUtilization: every run active in the window, exited ones too.
+                seen = sharing.seen(segments, assignments, step, window[0])
+                if seen:
+                    used_bytes = max(n_used - BASE_MEMORY_MIB, 0) * _MIB
+                    processes = sharing.processes(seen, step, dynamic_nj(segments), g.spec, window[1] - window[0],
+                                                  used_bytes)  # fmt: skip
+                util_pct = round(self._util_sum(g, step) / UTIL_WINDOW_STEPS)
+                mem_util_pct = int(chunk.mem_util_pct[i])
+            sm_active, tensor_active, dram_bw = self._gpm_means(g, window, segments)
+            return GpuReading(
+                uuid=uuid, timestamp_us=t_us, energy_mj=self._counter_mj(g, t_us), power_mw=power_mw,
+                gpu_util_pct=util_pct, memory_util_pct=mem_util_pct, memory_used_bytes=n_used * _MIB,
+                sm_clock_mhz=int(chunk.sm_clock_mhz[i]), processes=processes, mig=mig,
+                sm_active_pct=sm_active, tensor_active_pct=tensor_active, dram_bw_pct=dram_bw,
+            )  # fmt: skip
+
+    def _gpm_means(self, g: _Gpu, window: tuple[int, int], segments: list[Segment]) -> tuple[float | None, ...]:
+        """GPM means (sm, tensor, dram) since the previous read that gave them, or over the last second
+        at the first; all None on a GPU without GPM, or within 100 ms of that read, when NVML too keeps
+        the older sample for next time. `segments` cut `window`, the one since the last read of any kind."""
+        t_us = window[1]
+        since = g.gpm_since_us
+        lo = since if since is not None and since < t_us else t_us - SENSOR_WINDOW_US
+        if not g.spec.has_gpm or t_us - lo < GPM_MIN_WINDOW_US:
+            return (None,) * len(SIGNALS)
+        g.gpm_since_us = t_us
+        segments = segments if lo == window[0] else list(self._segments(g, lo, t_us))
+        total = sum(seg.chunk.activity_pct_steps(seg.lo_us, seg.hi_us) for seg in segments)
+        scale = STEP_US / (t_us - lo)  # % × steps → %
+        return tuple(min(max(v * scale, 0.0), 100.0) for v in total.tolist())
 
     def close(self) -> None:
         with self._lock:
@@ -258,36 +278,6 @@ class SimulatedFleet:
         with self._lock:
             self._gpu(uuid).lost.append((start_us, end_us))
             self.reset_counter(uuid, end_us)
-
-    # Ground truth ----------------------------------------------------------------------------
-    def true_energy_j(self, uuid: str, start_us: int, end_us: int) -> float:
-        """The exact integral of true power over [start_us, end_us), partial steps included."""
-        with self._lock:
-            g = self._gpu(uuid)
-            return (self._energy_nj(g, end_us) - self._energy_nj(g, start_us)) / 1e9
-
-    def true_power_w(self, uuid: str, t_us: int) -> float:
-        with self._lock:
-            c, i = divmod(t_us // STEP_US, CHUNK_STEPS)
-            return int(self._chunk(self._gpu(uuid), c).power_mw[i]) / 1_000
-
-    def true_account_energy_j(self, account: str, start_us: int, end_us: int, *, uuid: str | None = None) -> float:
-        """The true energy over [start_us, end_us) of one account — a tenant's job key, "idle",
-        "unattributed" or a legacy_account(...) — on one physical GPU or, uuid None, all of them."""
-        return self.true_account_energies_j(start_us, end_us, uuid=uuid).get(account, 0.0)
-
-    def true_account_energies_j(self, start_us: int, end_us: int, *, uuid: str | None = None) -> dict[str, float]:
-        """Every account's true energy over [start_us, end_us) (see sharing.py for the split);
-        they add up to true_energy_j of the GPU(s), to float precision."""
-        if end_us < start_us:
-            raise ValueError("end_us must not precede start_us")
-        with self._lock:
-            gpus = list(self._gpus.values()) if uuid is None else [self._gpu(uuid)]
-            totals: dict[str, float] = {}
-            for g in gpus:
-                for account, nj in sharing.account_nj(self._segments(g, start_us, end_us), g.mig).items():
-                    totals[account] = totals.get(account, 0.0) + nj
-            return {account: nj / 1e9 for account, nj in totals.items()}
 
     # Internals -------------------------------------------------------------------------------
     def _gpu(self, uuid: str) -> _Gpu:

@@ -39,6 +39,11 @@ class GpuSpec:
         """The chip's spec efficiency: peak dense BF16 FLOP/s ÷ TDP."""
         return self.peak_bf16_flops / self.tdp_w
 
+    @property
+    def has_gpm(self) -> bool:
+        """Whether NVML's GPM (SM, tensor and DRAM-bandwidth activity) exists: Hopper and newer."""
+        return self.model in GPM_MODELS
+
 
 # Idle powers are typical values for an otherwise quiet GPU with the driver in persistence
 # mode, NOT measured here, except H100 SXM: the real 8×H100 trace in shared/data idles at
@@ -81,6 +86,9 @@ _CATALOG: tuple[GpuSpec, ...] = (
 )  # fmt: skip
 
 SPECS: dict[str, GpuSpec] = {spec.model: spec for spec in _CATALOG}
+# NVML documents GPM "for Hopper or newer fully supported devices": not Ampere (A100, A10), Ada (L40S,
+# L4), Volta or Turing, and never an AMD GPU.
+GPM_MODELS = frozenset({"H100 SXM", "H100 PCIe", "H200 SXM", "B200", "GB200"})
 
 # Full matches only: "NVIDIA L40" must match neither L4 nor L40S, and "NVIDIA H100 NVL" or
 # "NVIDIA H200 NVL" (different TDP and clocks) must not fall back to a sibling entry.

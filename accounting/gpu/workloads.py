@@ -1,17 +1,35 @@
-"""What runs on a simulated GPU: workload classes, how each renders into per-step power,
-utilization, memory and clocks, and how a GPU's tenants combine into one chunk of steps.
+"""What runs on a simulated GPU: workload classes and how each renders into per-step power,
+utilization, memory, clocks, GPM activity and true useful work (how a GPU's tenants combine into
+one chunk of steps is chunks.py's).
 
 A workload renders a run of 100 ms steps of one assignment at a time (the simulated fleet asks
 chunk by chunk). Everything that spans steps — training checkpoints, inference bursts, trace
 positions — is a function of the step's offset from the assignment's start, and per-step noise
-comes from the generator the fleet passes in, so any chunk renders the same on its own.
+comes from the generator the fleet passes in (power, duty cycle) or from hash_uniform (GPM
+activity, which draws nothing from the generator so that power renders as it did before GPM), so
+any chunk renders the same on its own.
+
+GPM activity and useful work, per workload (percent of the tenant's own part of the GPU):
+
+| workload                  | SM active        | tensor active          | DRAM bandwidth | FLOP/s       |
+|---------------------------|------------------|------------------------|----------------|--------------|
+| Training, computing       | 90–98            | rate ÷ peak ÷ 0.85     | 30–50          | see Training |
+| Training, checkpointing   | 0–2              | 0                      | 0–1            | 0            |
+| Inference, memory-bound   | 38–67            | 5–12                   | 60–90          | from tensor  |
+| Inference, compute-bound  | 63–92            | 29–61                  | 23–47          | from tensor  |
+| Inference, between bursts | 0                | 0                      | 0              | 0            |
+| FakeBusy                  | 1–3              | 0                      | 0–1            | 0            |
+| IdleAllocated, no tenant  | 0                | 0                      | 0              | 0            |
+| TracePower                | 0.95 × duty      | tensor_per_util × duty | 0.4 × duty     | from tensor  |
+
+"From tensor" is the one rule that ties tensor activity to useful work everywhere: useful FLOP/s =
+TENSOR_EFFICIENCY × tensor activity × the spec's peak dense BF16 FLOP/s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -31,8 +49,15 @@ BOOST_SM_CLOCK_MHZ = {
     "GB200": 2062, "MI300X": 2100,
 }  # fmt: skip
 
-_IDLE_NOISE = 0.003  # relative sd of idle draw per step (the real trace idles within ±0.1 W)
+# Tensor pipes are never 100 % efficient: pipeline bubbles, operand loads and the non-matmul work
+# between GEMMs keep them busy longer than the useful FLOPs need at peak rate. The simulator assumes
+# useful FLOP/s = 0.85 × tensor activity × peak, so a run at MFU m shows tensor activity m ÷ 0.85.
+TENSOR_EFFICIENCY = 0.85
+# Training without an explicit mfu: mfu = 0.47 × power_fraction (the default 0.85 gives 0.40, the
+# practical target of DESIGN.md; a lighter load does proportionally less useful work).
+MFU_PER_POWER_FRACTION = 0.47
 _U64 = (1 << 64) - 1
+_ACTIVITY_SALT = 101  # hash_uniform salts 101.. for GPM jitter (1 and 2 are Inference's bursts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +68,7 @@ class RenderContext:
     idle_mw: np.ndarray  # int64: what the GPU would draw at these steps if nothing ran
     rng: np.random.Generator  # per (seed, GPU, chunk, assignment)
     key: int  # per (seed, GPU, assignment): seeds structure that spans chunks
+    end_step: int  # the assignment's end (exclusive)
 
     def offsets(self) -> np.ndarray:
         """Steps since the assignment started."""
@@ -58,9 +84,17 @@ class Frame:
     mem_util_pct: np.ndarray | int
     memory_used_mib: np.ndarray | int  # the workload's own memory, on top of the driver's
     sm_clock_mhz: np.ndarray | int
+    # GPM activity in percent of the tenant's part of the GPU (the whole GPU, or its MIG instance)
+    sm_active_pct: np.ndarray | float = 0.0
+    tensor_active_pct: np.ndarray | float = 0.0
+    dram_bw_pct: np.ndarray | float = 0.0
+    flop_rate: np.ndarray | float = 0.0  # true useful FLOP/s, at the whole GPU's scale (chunks.py scales it)
 
 
 class Workload(Protocol):
+    """What the fleet renders. A workload that models tokens also has `tokens_per_flop` (float or
+    None); the ground truth counts tokens of those only."""
+
     pids: tuple[int, ...]
 
     def render(self, ctx: RenderContext) -> Frame: ...
@@ -85,22 +119,55 @@ def _boost(spec: GpuSpec) -> int:
     return BOOST_SM_CLOCK_MHZ.get(spec.model, 1500)
 
 
+def _jitter(ctx: RenderContext, k: int) -> np.ndarray:
+    """The k-th per-step uniform [0, 1) of a run's GPM noise (see the module docstring)."""
+    return hash_uniform(ctx.key, _ACTIVITY_SALT + k, ctx.steps)
+
+
+def _flop_rate(tensor_pct: np.ndarray | float, spec: GpuSpec) -> np.ndarray | float:
+    return TENSOR_EFFICIENCY * np.asarray(tensor_pct) / 100 * spec.peak_bf16_flops
+
+
+def _check_params(params: float | None) -> None:
+    if params is not None and not params > 0:
+        raise ValueError("params (the model's parameter count) must be positive")
+
+
 @dataclass(frozen=True)
 class Training:
     """Steady heavy load at `power_fraction` of the dynamic range, with checkpoint pauses of
-    `checkpoint_s` at the end of every `checkpoint_every_s` (0 disables them)."""
+    `checkpoint_s` at the end of every `checkpoint_every_s` (0 disables them).
+
+    Useful work: `mfu` is the model-FLOPs utilization over the whole assignment, checkpoint pauses
+    included, so a run does exactly mfu × peak BF16 FLOP/s × its rendered time (whole 100 ms steps)
+    — all of it while computing, at the rate that makes up for the pauses (0 while pausing). Tensor
+    activity follows that rate (÷ TENSOR_EFFICIENCY), so its mean over the run is mfu ÷ 0.85; None
+    implies mfu = MFU_PER_POWER_FRACTION × power_fraction. (Near mfu 0.85 with pauses, the rate while
+    computing asks for more than 100 % tensor activity: the reading saturates, the FLOPs do not.) With
+    `params` (N, the model's parameters) the run also processes FLOPs ÷ 6N tokens (DESIGN's
+    6·N·tokens, attention left out).
+    """
 
     power_fraction: float = 0.85
     checkpoint_every_s: float = 600
     checkpoint_s: float = 20
     noise: float = 0.03  # relative sd of per-step power
     pids: tuple[int, ...] = ()
+    mfu: float | None = None
+    params: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.power_fraction <= 1:
             raise ValueError("power_fraction must be in (0, 1]")
         if self.checkpoint_every_s and not 0 <= self.checkpoint_s < self.checkpoint_every_s:
             raise ValueError("checkpoint_s must be in [0, checkpoint_every_s)")
+        if self.mfu is not None and not 0 < self.mfu <= TENSOR_EFFICIENCY:
+            raise ValueError(f"mfu must be in (0, {TENSOR_EFFICIENCY}]: the tensor pipes' efficiency bounds it")
+        _check_params(self.params)
+
+    @property
+    def tokens_per_flop(self) -> float | None:
+        return None if self.params is None else 1 / (6 * self.params)
 
     def render(self, ctx: RenderContext) -> Frame:
         spec, n = ctx.spec, len(ctx.steps)
@@ -116,23 +183,52 @@ class Training:
         util = np.where(pausing, ctx.rng.integers(0, 4, n), ctx.rng.integers(95, 101, n))
         mem_util = np.where(pausing, 1, ctx.rng.integers(35, 51, n))
         memory_mib = int(spec.memory_gib * 1024 * 0.85)
-        return Frame(power_mw, util, mem_util, memory_mib, _boost(spec))
+        rate = self._computing_rate(ctx.end_step - ctx.start_step, every)
+        u_sm, u_dram = _jitter(ctx, 0), _jitter(ctx, 2)
+        sm = np.where(pausing, 2 * u_sm, 90 + 8 * u_sm)
+        tensor = np.minimum(100 * rate / TENSOR_EFFICIENCY * (0.99 + 0.02 * _jitter(ctx, 1)), 100.0)
+        dram = np.where(pausing, u_dram, 30 + 20 * u_dram)
+        return Frame(power_mw, util, mem_util, memory_mib, _boost(spec), sm, np.where(pausing, 0.0, tensor), dram,
+                     np.where(pausing, 0.0, rate * spec.peak_bf16_flops))  # fmt: skip
+
+    def _computing_rate(self, total_steps: int, every: int) -> float:
+        """The FLOP rate, as a fraction of peak, that does mfu × peak over a run of `total_steps`
+        in its computing steps (those not in a checkpoint pause)."""
+        pausing = 0
+        if every:
+            pause = round(self.checkpoint_s * STEPS_PER_S)
+            pausing = total_steps // every * pause + max(total_steps % every - (every - pause), 0)
+        mfu = self.mfu if self.mfu is not None else MFU_PER_POWER_FRACTION * self.power_fraction
+        return mfu * total_steps / max(total_steps - pausing, 1)  # a run starts computing: never 0 in practice
 
 
 @dataclass(frozen=True)
 class Inference:
     """A serving process: load arrives in bursts of `burst_s`; each burst is on with
-    probability `mean_load` and runs at a random level up to ~0.7 TDP."""
+    probability `mean_load` and runs at a random level up to ~0.7 TDP.
+
+    `memory_bound` (decode-heavy serving, the common case: weights and KV cache stream from DRAM
+    for a few FLOPs per byte) shows high DRAM bandwidth and little tensor activity while serving;
+    False is compute-bound serving (large batches, long prefills). Both rise with the burst's
+    level. Useful FLOP/s follow tensor activity; with `params` (N) that is FLOPs ÷ 2N tokens.
+    """
 
     mean_load: float = 0.4
     burst_s: float = 2.0
     pids: tuple[int, ...] = ()
+    memory_bound: bool = True
+    params: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.mean_load <= 1:
             raise ValueError("mean_load must be in [0, 1]")
         if self.burst_s < STEP_MS / 1_000:
             raise ValueError("burst_s must be at least one 100 ms step")
+        _check_params(self.params)
+
+    @property
+    def tokens_per_flop(self) -> float | None:
+        return None if self.params is None else 1 / (2 * self.params)
 
     def render(self, ctx: RenderContext) -> Frame:
         spec, n = ctx.spec, len(ctx.steps)
@@ -146,12 +242,22 @@ class Inference:
         mem_util = np.rint(level * 60).astype(np.int64)
         memory_mib = int(spec.memory_gib * 1024 * 0.9)  # servers reserve most memory up front
         clock = np.where(on, _boost(spec), IDLE_SM_CLOCK_MHZ)
-        return Frame(power_mw, util, mem_util, memory_mib, clock)
+        x = (level - 0.4) / 0.6  # the burst's level within [0.4, 1)
+        if self.memory_bound:
+            sm, tensor, dram = 40 + 25 * x, 5.5 + 6 * x, 62 + 26 * x
+            bounds = ((38, 67), (5, 12), (60, 90))
+        else:
+            sm, tensor, dram = 65 + 25 * x, 30 + 30 * x, 25 + 20 * x
+            bounds = ((63, 92), (29, 61), (23, 47))
+        sm, tensor, dram = (np.where(on, np.clip(v + spread * (_jitter(ctx, k) - 0.5), *bounds[k]), 0.0)
+                            for k, (v, spread) in enumerate(((sm, 4), (tensor, 1), (dram, 4))))  # fmt: skip
+        return Frame(power_mw, util, mem_util, memory_mib, clock, sm, tensor, dram, _flop_rate(tensor, spec))
 
 
 @dataclass(frozen=True)
 class FakeBusy:
-    """A tiny kernel in a loop: the duty cycle reads 100 % while power stays near idle."""
+    """A tiny kernel in a loop: the duty cycle reads 100 % while power stays near idle, SM activity
+    is 1–3 %, the tensor pipes idle and no useful work is done."""
 
     pids: tuple[int, ...] = ()
 
@@ -159,12 +265,15 @@ class FakeBusy:
         spec, n = ctx.spec, len(ctx.steps)
         jitter = 1 + 0.02 * ctx.rng.standard_normal(n)
         power_mw = _to_mw(spec.idle_w + 0.1 * (spec.tdp_w - spec.idle_w) * jitter, spec)
-        return Frame(power_mw, 100, 0, CONTEXT_MEMORY_MIB, _boost(spec))
+        # One tiny kernel keeps a few SMs busy and never touches the tensor pipes.
+        sm, dram = 1 + 2 * _jitter(ctx, 0), _jitter(ctx, 2)
+        return Frame(power_mw, 100, 0, CONTEXT_MEMORY_MIB, _boost(spec), sm, 0.0, dram)
 
 
 @dataclass(frozen=True)
 class IdleAllocated:
-    """Allocated, nothing runs: idle power, 0 % duty cycle (a process may hold a context)."""
+    """Allocated, nothing runs: idle power, 0 % duty cycle and no GPM activity (a process may hold
+    a context)."""
 
     pids: tuple[int, ...] = ()
 
@@ -176,18 +285,26 @@ class IdleAllocated:
 @dataclass(frozen=True)
 class TracePower:
     """Replays one GPU column of a real trace as the true power and duty cycle, starting
-    `offset_s` into the trace and looping when the assignment outlasts it."""
+    `offset_s` into the trace and looping when the assignment outlasts it.
+
+    A trace has no GPM columns. Assumed: tensor activity is proportional to the duty cycle,
+    `tensor_per_util` of it (0.5: a busy LLM-training step keeps the tensor pipes half the time,
+    ~0.42 MFU at TENSOR_EFFICIENCY), SM activity is 0.95 × and DRAM bandwidth 0.4 × the duty cycle.
+    """
 
     trace: PowerTrace
     column: int
     offset_s: float = 0.0
     pids: tuple[int, ...] = ()
+    tensor_per_util: float = 0.5
 
     def __post_init__(self) -> None:
         if self.trace.step_ms != STEP_MS:
             raise ValueError(f"the trace must be on a {STEP_MS} ms grid")
         if not 0 <= self.column < self.trace.n_gpus:
             raise ValueError(f"column {self.column} not in a {self.trace.n_gpus}-GPU trace")
+        if not 0 <= self.tensor_per_util <= 1:
+            raise ValueError("tensor_per_util must be in [0, 1]")
 
     def render(self, ctx: RenderContext) -> Frame:
         n_steps = self.trace.n_steps
@@ -198,122 +315,6 @@ class TracePower:
         memory_mib = np.rint(self.trace.memory_used_mib[self.column, idx]).astype(np.int64)
         memory_mib = np.maximum(memory_mib - BASE_MEMORY_MIB, 0)
         clock = np.where(util > 0, _boost(ctx.spec), IDLE_SM_CLOCK_MHZ)
-        return Frame(power_mw, util, util * 2 // 5, memory_mib, clock)
-
-
-class Tenant(NamedTuple):
-    start_step: int
-    end_step: int
-    workload: Workload
-    rng: np.random.Generator  # per (seed, GPU, chunk, assignment)
-    key: int  # per (seed, GPU, assignment)
-    share: float = 1.0  # the part of the GPU it runs on: 1, or a MIG instance's slices / 7
-    pool: str = ""  # tenants of one pool (the GPU, or one MIG instance) share its part of the GPU
-
-
-@dataclass(slots=True)
-class Chunk:
-    """One GPU's per-step series over a run of steps, with running sums for O(1) windows.
-
-    Row j of `dynamic_mw` is tenant j's dynamic power (its power above the idle baseline, after
-    the TDP cap), zero outside `spans[j]`; the rows and `idle_mw` add up to `power_mw` exactly.
-    """
-
-    power_mw: np.ndarray  # int64 per step
-    cum_uj: np.ndarray  # int64, n + 1: energy since the chunk's start (mW × ms = µJ)
-    util_cum: np.ndarray  # int64, n + 1: running sum of the duty cycle
-    mem_util_pct: np.ndarray
-    memory_used_mib: np.ndarray
-    sm_clock_mhz: np.ndarray
-    idle_mw: np.ndarray  # int64 per step: the baseline the GPU draws with nothing running
-    dynamic_mw: np.ndarray  # int64, (tenants, n)
-    dynamic_cum_uj: np.ndarray  # int64, (tenants, n + 1): running sums of dynamic_mw × 100 ms
-    spans: tuple[tuple[int, int], ...]  # per tenant: its steps [lo, hi) within the chunk
-
-
-def render_chunk(
-    spec: GpuSpec, first_step: int, n: int, idle_rng: np.random.Generator,
-    tenants: Sequence[Tenant],
-) -> Chunk:  # fmt: skip
-    """Steps [first_step, first_step + n): the idle baseline, with each tenant's workload
-    rendered over its part of the run.
-
-    Co-tenants add their dynamic power over the one shared baseline, within limits (see _cap).
-    A tenant with share < 1 (on a MIG instance) has its dynamic power and memory scaled to that
-    share of the GPU.
-    """
-    steps = np.arange(first_step, first_step + n, dtype=np.int64)
-    noise = 1 + _IDLE_NOISE * idle_rng.standard_normal(n)
-    idle_mw = np.rint(spec.idle_w * 1_000 * noise).astype(np.int64)
-    util = np.zeros(n, dtype=np.int64)
-    mem_util = np.zeros(n, dtype=np.int16)
-    memory_mib = np.full(n, BASE_MEMORY_MIB, dtype=np.int32)
-    clock = np.full(n, IDLE_SM_CLOCK_MHZ, dtype=np.int16)
-    dynamic = np.zeros((len(tenants), n), dtype=np.int64)
-    active = np.zeros((len(tenants), n), dtype=bool)
-    spans = []
-    for j, t in enumerate(tenants):
-        lo, hi = max(t.start_step - first_step, 0), min(t.end_step - first_step, n)
-        lo = min(lo, hi)
-        spans.append((lo, hi))
-        if lo >= hi:
-            continue
-        ctx = RenderContext(spec, steps[lo:hi], t.start_step, idle_mw[lo:hi], t.rng, t.key)
-        f = t.workload.render(ctx)
-        part = f.power_mw - idle_mw[lo:hi]
-        own_mib = f.memory_used_mib
-        if t.share != 1.0:
-            part = np.rint(part * t.share).astype(np.int64)
-            own_mib = np.rint(np.asarray(own_mib) * t.share).astype(np.int32)
-        dynamic[j, lo:hi] = part
-        active[j, lo:hi] = True
-        util[lo:hi] = np.minimum(util[lo:hi] + f.util_pct, 100)
-        mem_util[lo:hi] = np.minimum(mem_util[lo:hi] + f.mem_util_pct, 100)
-        memory_mib[lo:hi] += own_mib
-        clock[lo:hi] = np.maximum(clock[lo:hi], f.sm_clock_mhz)
-    _cap(spec, idle_mw, dynamic, active, tenants)
-    power_mw = idle_mw + dynamic.sum(axis=0)
-    cum_uj = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(power_mw * STEP_MS, out=cum_uj[1:])
-    util_cum = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(util, out=util_cum[1:])
-    dynamic_cum = np.zeros((len(tenants), n + 1), dtype=np.int64)
-    np.cumsum(dynamic * STEP_MS, axis=1, out=dynamic_cum[:, 1:])
-    return Chunk(power_mw, cum_uj, util_cum, mem_util, memory_mib, clock, idle_mw, dynamic,
-                 dynamic_cum, tuple(spans))  # fmt: skip
-
-
-def _cap(
-    spec: GpuSpec, idle_mw: np.ndarray, dynamic: np.ndarray, active: np.ndarray, tenants: Sequence[Tenant],
-) -> None:  # fmt: skip
-    """In place: where two or more tenants of a pool run at a step, their dynamic parts add up to
-    at most the pool's share of (TDP − idle), and all parts together to at most TDP − idle; power
-    never goes below 0. A sole tenant is not capped, so a trace replay keeps its measured watts."""
-    span_mw = spec.tdp_w * 1_000 - idle_mw
-    pools: dict[str, list[int]] = {}
-    for j, t in enumerate(tenants):
-        pools.setdefault(t.pool, []).append(j)
-    groups = [(rows, np.floor(tenants[rows[0]].share * span_mw).astype(np.int64)) for rows in pools.values()]
-    if len(pools) > 1:
-        groups.append((list(range(len(tenants))), span_mw))
-    for rows, room in groups:
-        over = (active[rows].sum(axis=0) >= 2) & (dynamic[rows].sum(axis=0) > room)
-        _scale(dynamic, active, rows, over, room)
-    if tenants:
-        rows = list(range(len(tenants)))
-        _scale(dynamic, active, rows, idle_mw + dynamic.sum(axis=0) < 0, -idle_mw)
-
-
-def _scale(dynamic: np.ndarray, active: np.ndarray, rows: list[int], where: np.ndarray, room: np.ndarray) -> None:
-    """Scale rows' parts at the steps `where` by one factor per step so they add up to `room`
-    exactly: floored to whole mW, the remainder to the first active part."""
-    fix = np.flatnonzero(where)
-    if not fix.size:
-        return
-    cells = np.ix_(rows, fix)
-    parts = dynamic[cells]
-    target = room[fix]
-    scaled = np.floor(parts * (target / parts.sum(axis=0))).astype(np.int64)
-    first = active[cells].argmax(axis=0)
-    scaled[first, np.arange(fix.size)] += target - scaled.sum(axis=0)
-    dynamic[cells] = scaled
+        tensor = self.tensor_per_util * util
+        return Frame(power_mw, util, util * 2 // 5, memory_mib, clock, 0.95 * util, tensor, 0.4 * util,
+                     _flop_rate(tensor, ctx.spec))  # fmt: skip

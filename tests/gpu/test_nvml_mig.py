@@ -3,7 +3,8 @@
 The fakes extend those of test_nvml: a MIG device handle is a FakeMig, a GPM sample buffer is a
 real ctypes pointer whose address the fake remembers, and nvmlGpmMetricsGet answers with the
 difference of the per-GPU-instance counters that the two samples captured, so the tests see which
-samples were paired and in which order.
+samples were paired and in which order. Device-level samples (nvmlGpmSampleGet) capture one
+counter per metric id; a FakeMigGpu refuses them unless told otherwise (test_nvml_gpm tells it).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class FakeMigGpu(FakeGpu):
     memory: Any = field(default_factory=lambda: SimpleNamespace(used=0, total=H100_MEMORY_BYTES))
     gpm_support: Any = field(default_factory=lambda: SimpleNamespace(isSupportedDevice=1))
     gpm_counters: dict[int, Any] = field(default_factory=dict)  # GI id → cumulative counter (or an error)
+    device_gpm: Any = field(default_factory=pynvml.NVMLError_NotSupported)  # metric id → counter (or an error)
 
 
 def two_instances() -> list[Any]:
@@ -65,7 +67,9 @@ class FakeMigNvml(FakeNvml):
         self.live: dict[int, ctypes.Array] = {}  # allocated sample buffers by address
         self.captured: dict[int, float] = {}  # buffer address → the counter it captured
         self.metrics_error: BaseException | None = None
-        self.metric_status = pynvml.NVML_SUCCESS
+        self.metric_status = pynvml.NVML_SUCCESS  # of per-GI metrics
+        self.device_status: dict[int, int] = {}  # metric id → status of a device-level metric
+        self.device_requests: list[list[int]] = []  # the metric ids of each device-level request
         patches = {
             "nvmlDeviceGetMaxMigDeviceCount": lambda h: _answer(len(h.migs)),
             "nvmlDeviceGetMigDeviceHandleByIndex": self._mig_handle,
@@ -74,6 +78,7 @@ class FakeMigNvml(FakeNvml):
             "nvmlGpmSampleAlloc": self._alloc,
             "nvmlGpmSampleFree": self._free,
             "nvmlGpmMigSampleGet": self._mig_sample,
+            "nvmlGpmSampleGet": self._device_sample,
             "nvmlGpmMetricsGet": self._metrics,
         }
         for name, fn in patches.items():
@@ -99,14 +104,28 @@ class FakeMigNvml(FakeNvml):
         self.captured[_address(sample)] = _answer(h.gpm_counters[gi_id])
         return sample
 
+    def _device_sample(self, h: FakeMigGpu, sample: Any) -> Any:
+        assert _address(sample) in self.live
+        self.captured[_address(sample)] = dict(_answer(h.device_gpm))
+        return sample
+
     def _metrics(self, request: Any) -> Any:
         _answer(self.metrics_error)
-        assert request.version == pynvml.NVML_GPM_METRICS_GET_VERSION and request.numMetrics == 1
-        assert request.metrics[0].metricId == pynvml.NVML_GPM_METRIC_SM_UTIL
+        assert request.version == pynvml.NVML_GPM_METRICS_GET_VERSION
+        older, newer = self.captured[_address(request.sample1)], self.captured[_address(request.sample2)]
         result = pynvml.c_nvmlGpmMetricsGet_t()  # a fresh struct, as a binding may hand back
+        if isinstance(older, dict):  # device-level samples
+            ids = [request.metrics[k].metricId for k in range(request.numMetrics)]
+            self.device_requests.append(ids)
+            for k, metric_id in enumerate(ids):
+                result.metrics[k].metricId = metric_id
+                result.metrics[k].nvmlReturn = self.device_status.get(metric_id, pynvml.NVML_SUCCESS)
+                result.metrics[k].value = newer[metric_id] - older[metric_id]
+            return result
+        assert request.numMetrics == 1 and request.metrics[0].metricId == pynvml.NVML_GPM_METRIC_SM_UTIL
         result.metrics[0].metricId = pynvml.NVML_GPM_METRIC_SM_UTIL
         result.metrics[0].nvmlReturn = self.metric_status
-        result.metrics[0].value = self.captured[_address(request.sample2)] - self.captured[_address(request.sample1)]
+        result.metrics[0].value = newer - older
         return result
 
 
