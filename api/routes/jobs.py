@@ -13,6 +13,7 @@ from accounting.ledger.reports import job_energy
 from accounting.units import EnergyUnit, energy_from_mj
 
 from ..deps import ClockDep, SessionDep
+from .efficiency import JobEfficiencyPublic, job_efficiency_public
 
 router = APIRouter(tags=["jobs"])
 
@@ -31,10 +32,15 @@ def finish_job(job_id: int, session: SessionDep, clock: ClockDep, data: JobFinis
     return service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
 
 
-@router.get("/jobs/{job_id}", response_model=JobPublic)
-def get_job(job_id: int, session: SessionDep):
+class JobDetail(JobPublic):
+    efficiency: JobEfficiencyPublic = Field(description="The job's efficiency over its life (to now while it runs).")
+
+
+@router.get("/jobs/{job_id}", response_model=JobDetail)
+def get_job(job_id: int, session: SessionDep, clock: ClockDep):
     job = service.get_job(session, job_id)
-    return service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
+    public = service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
+    return JobDetail(**public.model_dump(), efficiency=job_efficiency_public(session, job, clock=clock))
 
 
 @router.get("/jobs", response_model=list[JobPublic])
