@@ -77,7 +77,7 @@ def run_fleet(session, tmp_path):
             flops = round(fleet.true_flops(job.key, job.start_us, job.end_us))
             record_work(session, ids[job.key], WorkReportCreate(key="done", flops=flops, at=to_datetime(job.end_us)),
                         clock=clock)
-    return jobs, ids, truth
+    return jobs, ids, truth, fleet
 
 
 def confusion(truth: dict[str, str], found: dict[str, set[str]]) -> dict[str, Counter]:
@@ -96,7 +96,7 @@ def print_matrix(matrix: dict[str, Counter], truth: dict[str, str]) -> None:
 
 
 def test_a_simulated_fleet_is_classified_without_a_miss_or_a_false_alarm(session, tmp_path):
-    jobs, ids, truth = run_fleet(session, tmp_path)
+    jobs, ids, truth, fleet = run_fleet(session, tmp_path)
     assert len(jobs) >= 50
     start, end = to_datetime(T0_US), to_datetime(T0_US + DURATION_S * US_PER_S)
     findings = find_waste(session, start, end)
@@ -122,3 +122,9 @@ def test_a_simulated_fleet_is_classified_without_a_miss_or_a_false_alarm(session
     for name, cls, _, _, workload, *_ in scenario():
         if cls == "healthy-training":
             assert by_job[f"demo:{name}"].figures.mfu == pytest.approx(workload.mfu, rel=1e-3), name
+    # and FLOP/J within 1 % of the truth: true FLOPs over the energy the job really drew
+    for job in jobs:
+        if truth[job.external_id].endswith("training"):
+            true_flop_per_j = (fleet.true_flops(job.key, job.start_us, job.end_us)
+                               / fleet.true_account_energy_j(job.key, job.start_us, job.end_us))
+            assert by_job[job.key].figures.flop_per_j == pytest.approx(true_flop_per_j, rel=1e-2), job.key
