@@ -12,16 +12,22 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_the_demo_reconciles_and_matches_ground_truth(tmp_path):
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTLEDGER_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "demo", "--json", "--home", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+        [sys.executable, "-m", "workers.cli", "demo", "--json", "--home", str(home / "demo")],
+        capture_output=True, text=True, timeout=240, env=env, cwd=home,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_the_demo_reconciles_and_matches_ground_truth(demo_report):
+    report = demo_report
     jobs = report["jobs"]
-    assert len(jobs) == 11 and len({j["external_id"] for j in jobs}) == 11
+    assert len(jobs) == 12 and len({j["external_id"] for j in jobs}) == 12
     for job in jobs:
         shared = bool({"even", "sm-share", "mig-activity", "mig-slice"} & set(job["methods"]))
         assert job["energy_j"] == pytest.approx(job["truth_j"], rel=2e-2 if shared else 1e-3), job["external_id"]
@@ -40,3 +46,19 @@ def test_the_demo_reconciles_and_matches_ground_truth(tmp_path):
     assert report["idle_j"] > 0
     # the counter reset on GPU 3 mid-training shows up as an estimated interval on that job
     assert next(j for j in jobs if j["external_id"] == "llm-pretrain-7b")["estimated_j"] > 0
+
+
+def test_the_demo_shows_useful_work_and_finds_the_waste(demo_report):
+    efficiency = {j["external_id"]: j for j in demo_report["efficiency"]["jobs"]}
+    for name in ("llm-pretrain-7b", "vision-finetune", "shared-train", "mig-train-3g"):  # they report FLOPs
+        job = efficiency[name]
+        assert job["flops_provenance"] == "reported"
+        assert job["mfu"] == pytest.approx(job["mfu_truth"], rel=1e-2), name
+    assert efficiency["llm-pretrain-7b"]["tokens_per_j"] > 0
+    assert {g["group"] for g in demo_report["efficiency"]["gpu_models"]} == {"A100 SXM", "H100 SXM", "H200 SXM"}
+    findings = {(f["external_id"], f["kind"]) for f in demo_report["waste"]["findings"]}
+    assert ("notebook-ana", "idle-allocated") in findings
+    assert ("keepalive-loop", "busy-but-useless") in findings
+    assert ("chat-serving", "memory-bound") in findings
+    wasted = {name for name, kind in findings if kind in ("idle-allocated", "busy-but-useless")}
+    assert wasted == {"notebook-ana", "keepalive-loop"}  # no healthy job is accused

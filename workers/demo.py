@@ -37,6 +37,7 @@ from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool
 
 from .celery_app import make_celery
+from .demo_work import render_work, work_report
 from .processes import ApiServer, batch_sender, start_worker, stop_process
 
 TOLERANCE_PCT = {"exclusive": 0.1, "shared": 2.0}  # promises: whole GPUs 0.1 %, shared ones 2 %
@@ -58,8 +59,11 @@ def _drive(scenario: Scenario, fleet, sampler: Sampler, clock: FakeClock, client
         starts.setdefault(job.start_s, []).append(job)
         ends.setdefault(job.end_s, []).append(job)
     task = progress.add_task("simulated seconds", total=scenario.duration_s)
+    reported_to: dict[str, int] = {}
     for second in range(0, scenario.duration_s + 1, sample_s):
         clock.set(scenario.at_us(second))
+        if second % flush_s == 0 or second in ends:
+            _report_work(scenario, fleet, client, job_ids, reported_to, second)
         for job in ends.get(second, []):
             r = client.post(f"/v1/jobs/{job_ids[job.external_id]}/finish",
                             json={"ended_at": to_datetime(scenario.at_us(second)).isoformat()})
@@ -79,6 +83,23 @@ def _drive(scenario: Scenario, fleet, sampler: Sampler, clock: FakeClock, client
             sampler.ship(send)
         progress.update(task, completed=second)
     return job_ids
+
+
+def _report_work(scenario: Scenario, fleet, client: httpx.Client, job_ids: dict[str, int],
+                 reported_to: dict[str, int], second: int) -> None:
+    """What a training loop's reporter sends: the FLOPs (and tokens) done since its last report.
+    The simulated fleet knows the true figures; a real job counts them itself."""
+    for job in scenario.jobs:
+        if not job.reports_work or not job.start_s < second <= job.end_s:
+            continue
+        since = reported_to.get(job.external_id, job.start_s)
+        work = fleet.true_work(job.key, scenario.at_us(since), scenario.at_us(second))
+        body = {"key": f"t{second}", "at": to_datetime(scenario.at_us(second)).isoformat(),
+                "flops": round(work["flops"])}
+        if work["tokens"] is not None:
+            body["tokens"] = round(work["tokens"])
+        client.post(f"/v1/jobs/{job_ids[job.external_id]}/work", json=body).raise_for_status()
+        reported_to[job.external_id] = second
 
 
 def _wait_ingested(engine, node: str, expected: int, progress: Progress, timeout_s: float = 90) -> int:
@@ -155,6 +176,7 @@ def _report(scenario: Scenario, fleet, client: httpx.Client, job_ids: dict[str, 
             "promise_pct": promise, "within_promise": abs(error_pct) <= promise,
             "estimated_j": sum(e["energy"] for e in energy["estimated"]),
         })
+    work = work_report(scenario, fleet, client, job_ids)
     totals = client.get("/v1/ledger/totals", params={"unit": "J"}).json()
     truth = fleet.true_account_energies_j(scenario.start_us, scenario.at_us(scenario.duration_s))
     with session_scope(engine) as session:
@@ -171,6 +193,8 @@ def _report(scenario: Scenario, fleet, client: httpx.Client, job_ids: dict[str, 
         "conservation_problems": problems[:10],
         "max_error_pct": max(abs(j["error_pct"]) for j in jobs),
         "all_within_promise": all(j["within_promise"] for j in jobs),
+        "efficiency": {"jobs": work["jobs"], "gpu_models": work["gpu_models"]},
+        "waste": {"findings": work["findings"], "energy_at_stake_j": work["energy_at_stake_j"]},
     }
 
 
@@ -189,6 +213,7 @@ def render(result: DemoResult, console: Console) -> None:
                       f"{job['energy_kwh']:.4f}", f"{job['gpu_hours']:.2f}", f"{job['truth_j'] / 3.6e6:.4f}",
                       f"{job['error_pct']:+.4f}")
     console.print(table)
+    render_work({**report["efficiency"], **report["waste"]}, console)
     kwh = 3.6e6
     console.print(f"measured (counters): {report['measured_j'] / kwh:.4f} kWh   "
                   f"jobs: {report['attributed_j'] / kwh:.4f} kWh   idle: {report['idle_j'] / kwh:.4f} kWh   "

@@ -1,5 +1,6 @@
-"""The demo: one node of ten GPUs (three models), eleven jobs and two faults over three hours;
-one H100 time-sliced among three jobs and a stranger's process, one H100 split by MIG.
+"""The demo: one node of ten GPUs (three models), twelve jobs and two faults over three hours;
+one H100 time-sliced among three jobs and a stranger's process, one H100 split by MIG; training
+jobs that report their FLOPs, an idle allocation and a fake-busy loop.
 
 It is a scenario with ground truth: the fleet knows every GPU's true power, so the demo can
 show, per job, the energy the pipeline attributed next to the energy the job really drew.
@@ -14,7 +15,7 @@ from pathlib import Path
 from accounting.clock import US_PER_S, Clock, to_us
 from accounting.gpu.simulated import SimGpu, SimulatedFleet
 from accounting.gpu.trace import load_nvidia_smi_trace
-from accounting.gpu.workloads import IdleAllocated, Inference, TracePower, Training
+from accounting.gpu.workloads import FakeBusy, IdleAllocated, Inference, TracePower, Training
 
 # The real 8 × H100 nvidia-smi trace (see ../shared/data/README.md), when it is beside the repo.
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -40,6 +41,7 @@ class DemoJob:
     workload: object
     model_parameters: int | None = None
     mig_instance: int | None = None  # runs on this MIG instance of its (single) GPU
+    reports_work: bool = False  # the training loop reports its FLOPs (and tokens) to the API
 
     @property
     def key(self) -> str:
@@ -67,15 +69,17 @@ def foundation_scenario(trace_file: Path = TRACE_FILE) -> Scenario:
     h, m = 3600, 60
     jobs = [
         DemoJob("llm-pretrain-7b", "nlp", "pretrain", "training", (2, 3, 4, 5), 10 * m, 2 * h + 30 * m,
-                Training(power_fraction=0.85), 7_000_000_000),
+                Training(power_fraction=0.85, mfu=0.42, params=7_000_000_000), 7_000_000_000, reports_work=True),
         DemoJob("vision-finetune", "vision", "detector", "training", (0, 1), 30 * m, 1 * h + 30 * m,
-                Training(power_fraction=0.7, checkpoint_every_s=900, checkpoint_s=30)),
+                Training(power_fraction=0.7, checkpoint_every_s=900, checkpoint_s=30, mfu=0.31), reports_work=True),
         DemoJob("chat-serving", "search", "assistant", "inference", (6, 7), 0, 3 * h,
-                Inference(mean_load=0.45)),
+                Inference(mean_load=0.9)),  # a busy LLM server: memory-bound, as decoding is
         DemoJob("embed-batch", "search", "embeddings", "inference", (0,), 1 * h + 45 * m, 2 * h + 30 * m,
                 Inference(mean_load=0.8, burst_s=5.0)),
         DemoJob("notebook-ana", "research", "exploration", "interactive", (1,), 2 * h, 2 * h + 50 * m,
-                IdleAllocated()),
+                IdleAllocated()),  # allocated, nothing runs: idle-allocated waste
+        DemoJob("keepalive-loop", "research", "exploration", "training", (0,), 2 * h + 35 * m, 3 * h,
+                FakeBusy()),  # a tiny kernel in a loop to keep the allocation: busy-but-useless
     ]
     if trace_file.exists():
         trace = load_nvidia_smi_trace(trace_file)
@@ -85,13 +89,13 @@ def foundation_scenario(trace_file: Path = TRACE_FILE) -> Scenario:
                             tuple(TracePower(trace, column) for column in range(4))))
     jobs += [  # three co-tenants with unequal load on one time-sliced H100
         DemoJob("shared-train", "vision", "augment", "training", (SHARED_GPU,), 15 * m, 2 * h + 15 * m,
-                Training(power_fraction=0.45, checkpoint_every_s=0)),
+                Training(power_fraction=0.45, checkpoint_every_s=0, mfu=0.18), reports_work=True),
         DemoJob("shared-serve", "search", "reranker", "inference", (SHARED_GPU,), 0, 3 * h, Inference(mean_load=0.3)),
         DemoJob("shared-eval", "nlp", "evals", "inference", (SHARED_GPU,), 1 * h, 2 * h, Inference(mean_load=0.15)),
     ]
     jobs += [  # an H100 split 3g.40gb + 2g.20gb + 2g.20gb; the last instance stays free
         DemoJob("mig-train-3g", "nlp", "distill", "training", (MIG_GPU,), 5 * m, 2 * h + 35 * m,
-                Training(power_fraction=0.8, checkpoint_every_s=0), mig_instance=0),
+                Training(power_fraction=0.8, checkpoint_every_s=0, mfu=0.35), mig_instance=0, reports_work=True),
         DemoJob("mig-serve-2g", "search", "assistant", "inference", (MIG_GPU,), 30 * m, 2 * h + 30 * m,
                 Inference(mean_load=0.5), mig_instance=1),
     ]
