@@ -62,8 +62,12 @@ def render_work(work: dict, console: Console) -> None:
     for column in ("kind", "job", "team", "energy (kWh)", "evidence"):
         waste.add_column(column, justify="right" if column == "energy (kWh)" else "left", overflow="fold")
     for f in work["findings"]:
-        evidence = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in list(f["evidence"].items())[:4])
+        # the signals that make the case first
+        first = ("dram_bw_pct", "tensor_active_pct", "mfu", "peer_median_mfu", "duty_cycle_pct", "mean_power_w",
+                 "idle_power_w")
+        keys = sorted(f["evidence"], key=lambda k: (first.index(k) if k in first else len(first), k))
+        evidence = ", ".join(f"{k}={f['evidence'][k]:.3g}" if isinstance(f["evidence"][k], float)
+                             else f"{k}={f['evidence'][k]}" for k in keys[:4])
         waste.add_row(f"{f['kind']} ({f['severity']})", f["external_id"], f["team"],
                       f"{f['energy_at_stake_j'] / 3.6e6:.3f}", evidence)
     console.print(waste)
