@@ -1,0 +1,1 @@
+"""Fleet analytics over accounted energy and work: the rebound ("ambition creep") decomposition."""
