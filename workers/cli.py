@@ -109,6 +109,35 @@ def up() -> None:
         stop_process(worker_proc)
 
 
+report_app = typer.Typer(help="Reports from the ledger.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("rebound")
+def report_rebound(
+    baseline: Annotated[str | None, typer.Option(help="FROM/TO, e.g. 2025-01-01/2025-04-01 (UTC dates).")] = None,
+    current: Annotated[str | None, typer.Option(help="FROM/TO of the period to compare.")] = None,
+    cohort: Annotated[str | None, typer.Option(
+        help="gpu_model (default), team, project, or a combination such as team,gpu_model.")] = None,
+    work: Annotated[str, typer.Option(help="flops (training) or tokens (inference fleets).")] = "flops",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    chart: Annotated[Path | None, typer.Option(help="Also write a waterfall chart (SVG) here.")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Run on the demo scenario (7B on A100s, then 70B on "
+                                       "H200s), on embedded defaults.")] = False,
+) -> None:
+    """Where newer chips' efficiency went: the energy change split into scale, mix, MFU and chip effects."""
+    from accounting.errors import InvalidInput
+
+    from .report import rebound
+
+    try:
+        rebound(baseline=baseline, current=current, cohort=cohort, work=work, as_json=as_json, chart=chart,
+                demo=demo, console=console)
+    except (InvalidInput, ValueError) as exc:
+        console.print(f"[red]cannot report:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
 import_app = typer.Typer(help="Import jobs from a scheduler's own records.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 
