@@ -2,6 +2,7 @@
 
 from sqlmodel import SQLModel
 
+from accounting.chargeback.models import CarbonIntensity, EmbodiedCarbon, PricePoint, Site, Statement, Tariff
 from accounting.jobs.models import Allocation, Gpu, Job
 from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample, UnattributedUse
 from accounting.work.models import WorkReport
@@ -10,5 +11,5 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "UnattributedUse", "WorkReport",
-    "metadata",
+    "metadata", "CarbonIntensity", "EmbodiedCarbon", "PricePoint", "Site", "Statement", "Tariff",
 ]

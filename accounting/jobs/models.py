@@ -40,6 +40,7 @@ class Gpu(SQLModel, table=True):
     parent_id: int | None = Field(default=None, foreign_key="gpu.id", index=True)
     mig_profile: str | None = Field(default=None, max_length=32)
     mig_slices: int | None = Field(default=None, ge=1, le=8)
+    site_id: int | None = Field(default=None, foreign_key="site.id", index=True)  # where it is: PUE, prices, grid
 
 
 class GpuPublic(SQLModel):

@@ -1,0 +1,1 @@
+"""Chargeback: sites (PUE, grid zone), prices, carbon, and immutable statements."""
