@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Start the services the test suite talks to, if they are not running: PostgreSQL
-# (127.0.0.1:5432, database `test`) and Redis (127.0.0.1:6379). Idempotent.
+# (127.0.0.1:5432, database `test`) and Redis (127.0.0.1:6379); install the one Debian tool the
+# tests use (pdftoppm). Idempotent.
 set -euo pipefail
+
+# pdftoppm (Debian's poppler-utils) turns the PDF statement into page images in its test.
+if ! command -v pdftoppm >/dev/null 2>&1; then
+  echo "installing poppler-utils (pdftoppm, for the PDF statement test)"
+  apt-get update -qq && apt-get install -y -qq poppler-utils >/dev/null
+fi
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   echo "starting PostgreSQL"
