@@ -14,6 +14,8 @@ from rich.console import Console
 from accounting import migrations
 from accounting.config import get_settings
 
+from . import cli_imports
+
 app = typer.Typer(help="WattLedger: GPU energy accounting, every joule attributed.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
@@ -138,8 +140,9 @@ def report_rebound(
         raise typer.Exit(2) from exc
 
 
-import_app = typer.Typer(help="Import jobs from a scheduler's own records.", no_args_is_help=True)
+import_app = typer.Typer(help="Import jobs (sacct), grid carbon intensity, tariffs and prices.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+cli_imports.register(import_app, console)
 
 
 @import_app.command("sacct")
