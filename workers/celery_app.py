@@ -29,7 +29,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("wattledger", broker=settings.resolved_broker_url)
     app.conf.update(
-        include=["workers.tasks.ledger", "workers.tasks.maintenance"],
+        include=["workers.tasks.ledger", "workers.tasks.maintenance", "workers.tasks.chargeback"],
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
@@ -38,6 +38,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_routes={
             "ledger.*": {"queue": QueueName.ingest.value},
             "maintenance.*": {"queue": QueueName.maintenance.value},
+            "chargeback.*": {"queue": QueueName.maintenance.value},  # heavy: keep it off ingest
         },
         # A worker that dies mid-task gives the message back; ingest is idempotent.
         task_reject_on_worker_lost=True,

@@ -140,6 +140,26 @@ def report_rebound(
         raise typer.Exit(2) from exc
 
 
+@report_app.command("chargeback")
+def report_chargeback_cmd(
+    period: Annotated[str, typer.Option(help="The UTC month, YYYY-MM.")],
+    group_by: Annotated[str, typer.Option(help="team, project or cost_center.")] = "team",
+    idle_policy: Annotated[str, typer.Option(help="separate, proportional or none.")] = "separate",
+    fmt: Annotated[str, typer.Option("--format", help="json, csv or pdf.")] = "json",
+    out: Annotated[Path | None, typer.Option(help="Write here (a PDF needs it); default stdout.")] = None,
+) -> None:
+    """The month's chargeback statement: the final one if stored, else the open one."""
+    from accounting.errors import AccountingError
+
+    from .report_chargeback import report_chargeback
+
+    try:
+        report_chargeback(period, group_by, idle_policy, fmt, out, Console(stderr=out is None))
+    except (AccountingError, ValueError) as exc:
+        console.print(f"[red]cannot report:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
 import_app = typer.Typer(help="Import jobs (sacct), grid carbon intensity, tariffs and prices.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 cli_imports.register(import_app, console)

@@ -22,6 +22,8 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from .present import for_pdf
+
 J_PER_KWH = Decimal(3_600_000)
 MARGIN = 18 * mm
 WIDTH = A4[0] - 2 * MARGIN
@@ -145,7 +147,7 @@ def work_table(lines: list[dict], totals: dict) -> Table:
         return [name, si(line.get("flops"), "FLOP"), num(None if mfu is None else mfu * 100, 1),
                 num(None if fpj is None else fpj / 10**9, 2), num(line.get("waste_kwh")),
                 kg(line.get("embodied_co2e_g")), num(line.get("unknown_price_kwh")),
-                num(line.get("unknown_carbon_kwh"))]
+                num(line.get("unknown_location_carbon_kwh", line.get("unknown_carbon_kwh")))]
 
     rows = [head] + [row(cell(line.get("group", "?")), line) for line in lines] + [row("Total", totals)]
     return _table(rows, [0.22 * WIDTH] + [0.78 * WIDTH / 7] * 7, total_row=True)
@@ -288,7 +290,7 @@ def summary(st: dict) -> list:
 
 
 def plain_words(st: dict) -> str:
-    t, cur, n = st.get("totals") or {}, st.get("currency", "USD"), len(st.get("lines") or [])
+    t, cur, n = st.get("totals") or {}, st.get("currency", "USD"), st.get("groups", len(st.get("lines") or []))
     who = str(st.get("group_by", "group")).replace("_", " ")
     idle = IDLE_POLICIES.get(str(st.get("idle_policy", "")).lower(), "idle energy is treated as configured")
     text = (f"In {escape(period_name(st.get('period', '')))} the GPUs used {num(t.get('energy_kwh'), 0, 'kWh')}; "
@@ -307,10 +309,8 @@ def plain_words(st: dict) -> str:
 def method(st: dict) -> list:
     m = st.get("method") or {}
     out = [p("Method and factors", H2)]
-    for key, title in (("cost", "Cost"), ("pue", "Facility overhead (PUE)"),
-                       ("carbon_location", "Carbon, location-based"), ("carbon_market", "Carbon, market-based")):
-        if m.get(key):
-            out.append(p(f"<b>{title}.</b> {escape(str(m[key]))}"))
+    for title, text in (m.get("texts") or {}).items():
+        out.append(p(f"<b>{escape(title)}.</b> {escape(str(text))}"))
     factors = m.get("factors") or {}
     if factors:
         rows = [_header("Factor", "Value", left=2)] + [
@@ -336,7 +336,7 @@ def adjustments(st: dict) -> list:
 
 def reconciliation(st: dict) -> list:
     r = st.get("reconciliation") or {}
-    parts = [("Used by the groups' jobs", r.get("lines_j")), ("Idle, re-allocated to groups", r.get("idle_j")),
+    parts = [("Used by the groups' jobs", r.get("lines_j")), (st.get("idle_label", "Idle"), r.get("idle_j")),
              ("Unattributed", r.get("unattributed_j"))]
     values = [_dec(v) for _, v in parts]
     metered = _dec(r.get("metered_j"))
@@ -378,7 +378,7 @@ def _footer(st: dict):
 
 def render_pdf(statement: dict) -> bytes:
     """The statement as PDF bytes; identical statements give identical bytes (reportlab invariant mode)."""
-    st, buf = statement, io.BytesIO()
+    st, buf = for_pdf(statement), io.BytesIO()
     lines, totals, cur = st.get("lines") or [], st.get("totals") or {}, st.get("currency", "USD")
     doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=MARGIN,
                             bottomMargin=MARGIN, invariant=1, title=f"Chargeback statement {st.get('period', '')}",

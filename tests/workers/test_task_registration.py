@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import workers.tasks.ledger  # noqa: F401,I001  (registers the tasks)
+import workers.tasks.chargeback  # noqa: F401,I001  (registers the tasks)
+import workers.tasks.ledger  # noqa: F401
 import workers.tasks.maintenance  # noqa: F401
 from accounting.config import Settings
 from workers.celery_app import _transport_options, app
@@ -12,6 +13,7 @@ from workers.schedule import BEAT_SCHEDULE
 
 def test_registered_task_names_snapshot():
     assert sorted(name for name in app.tasks if not name.startswith("celery.")) == [
+        "chargeback.build_statement",
         "ledger.ingest_batch",
         "maintenance.expire_samples",
     ]
