@@ -62,3 +62,17 @@ def test_the_demo_shows_useful_work_and_finds_the_waste(demo_report):
     assert ("chat-serving", "memory-bound") in findings
     wasted = {name for name, kind in findings if kind in ("idle-allocated", "busy-but-useless")}
     assert wasted == {"notebook-ana", "keepalive-loop"}  # no healthy job is accused
+
+
+def test_the_demo_charges_teams_with_the_real_grid_and_price_data(demo_report):
+    chargeback = demo_report["chargeback"]
+    lines = {line["group"]: line for line in chargeback["lines"]}
+    assert {"nlp", "search", "vision", "research"} <= set(lines)
+    for team in ("nlp", "search", "vision"):
+        line = lines[team]
+        assert line["currency"] == "EUR" and float(line["cost"]) > 0  # Belgian day-ahead prices
+        assert line["co2e_location_g"] > 0 and line["co2e_market_g"] > 0  # GB grid, residual mix
+        assert line["facility_kwh"] == pytest.approx(1.2 * line["energy_kwh"], rel=1e-6)  # PUE 1.2
+    assert chargeback["reconciliation"]["balanced"]
+    # the statement's metered energy is the ledger's
+    assert float(chargeback["reconciliation"]["metered_j"]) == pytest.approx(demo_report["measured_j"], abs=1e-3)

@@ -37,6 +37,7 @@ from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool
 
 from .celery_app import make_celery
+from .demo_chargeback import render_statement, set_up_site, statement
 from .demo_work import render_work, work_report
 from .processes import ApiServer, batch_sender, start_worker, stop_process
 
@@ -144,6 +145,7 @@ def run_demo(home: Path | None = None, *, quiet: bool = False) -> DemoResult:
             httpx.Client(base_url=api.url, timeout=30) as client,
             progress,
         ):
+            set_up_site(engine, client, [g.uuid for g in fleet.gpus()])
             job_ids = _drive(scenario, fleet, sampler, clock, client, send, progress)
             shipped = sampler.next_seq - 1
             done = _wait_ingested(engine, scenario.node, shipped, progress)
@@ -177,6 +179,7 @@ def _report(scenario: Scenario, fleet, client: httpx.Client, job_ids: dict[str, 
             "estimated_j": sum(e["energy"] for e in energy["estimated"]),
         })
     work = work_report(scenario, fleet, client, job_ids)
+    chargeback = statement(client, to_datetime(scenario.start_us).strftime("%Y-%m"))
     totals = client.get("/v1/ledger/totals", params={"unit": "J"}).json()
     truth = fleet.true_account_energies_j(scenario.start_us, scenario.at_us(scenario.duration_s))
     with session_scope(engine) as session:
@@ -195,6 +198,7 @@ def _report(scenario: Scenario, fleet, client: httpx.Client, job_ids: dict[str, 
         "all_within_promise": all(j["within_promise"] for j in jobs),
         "efficiency": {"jobs": work["jobs"], "gpu_models": work["gpu_models"]},
         "waste": {"findings": work["findings"], "energy_at_stake_j": work["energy_at_stake_j"]},
+        "chargeback": chargeback,
     }
 
 
@@ -214,6 +218,7 @@ def render(result: DemoResult, console: Console) -> None:
                       f"{job['error_pct']:+.4f}")
     console.print(table)
     render_work({**report["efficiency"], **report["waste"]}, console)
+    render_statement(report["chargeback"], console)
     kwh = 3.6e6
     console.print(f"measured (counters): {report['measured_j'] / kwh:.4f} kWh   "
                   f"jobs: {report['attributed_j'] / kwh:.4f} kWh   idle: {report['idle_j'] / kwh:.4f} kWh   "

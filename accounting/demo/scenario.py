@@ -21,7 +21,9 @@ from accounting.gpu.workloads import FakeBusy, IdleAllocated, Inference, TracePo
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TRACE_FILE = SHARED_DATA / "nvidia-smi_8xH100_llm-training_2025-07-26_100ms.csv"
 
-START = datetime(2025, 7, 26, 21, 0, tzinfo=UTC)  # fixed: the demo prints the same figures each run
+# Fixed, so the demo prints the same figures each run; in 2024, which the real grid-carbon (GB) and
+# day-ahead price (BE) files in ../shared/data cover.
+START = datetime(2024, 7, 26, 21, 0, tzinfo=UTC)
 MODELS = ["A100 SXM", "A100 SXM", "H100 SXM", "H100 SXM", "H100 SXM", "H100 SXM", "H200 SXM", "H200 SXM",
           "H100 SXM", "H100 SXM"]
 SHARED_GPU, MIG_GPU = 8, 9
