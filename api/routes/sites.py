@@ -6,7 +6,9 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from accounting.chargeback import sites
-from accounting.chargeback.models import Site
+from accounting.chargeback.models import EmbodiedCarbon, Site
+from accounting.errors import InvalidInput
+from accounting.gpu.specs import get_spec
 
 from ..deps import ClockDep, SessionDep
 
@@ -34,3 +36,27 @@ def place_gpus(name: str, data: Placement, session: SessionDep, clock: ClockDep)
     placed = sites.place_gpus(session, name, data.gpu_uuids, clock=clock)
     session.commit()
     return {"site": name, "gpus": placed}
+
+
+class EmbodiedIn(BaseModel):
+    kg_co2e: float = Field(ge=0, le=1e6, description="Embodied carbon of one GPU (manufacture, transport), kg CO2e.")
+    lifetime_hours: float = Field(gt=0, le=1e6, description="Service life it is amortized over, hours.")
+
+
+@router.put("/embodied/{gpu_model}", response_model=EmbodiedCarbon)
+def set_embodied(gpu_model: str, data: EmbodiedIn, session: SessionDep):
+    """Scope 3: a GPU model's embodied carbon, charged per GPU-hour as a separate statement line."""
+    if get_spec_or_none(gpu_model) is None:
+        raise InvalidInput("gpu_model", f"not a catalog model: {gpu_model!r}")
+    row = session.get(EmbodiedCarbon, gpu_model) or EmbodiedCarbon(gpu_model=gpu_model, kg_co2e=0, lifetime_hours=1)
+    row.kg_co2e, row.lifetime_hours = data.kg_co2e, data.lifetime_hours
+    session.add(row)
+    session.commit()
+    return row
+
+
+def get_spec_or_none(model: str):
+    try:
+        return get_spec(model)
+    except KeyError:
+        return None

@@ -27,3 +27,12 @@ def test_a_site_with_its_gpus(api):
 ])
 def test_bad_sites_name_the_field(api, body, field):
     assert field in loc_of_error(api.post("/v1/sites", json=body))
+
+
+def test_embodied_carbon_of_a_gpu_model(api):
+    put = api.put("/v1/embodied/H100 SXM", json={"kg_co2e": 1500, "lifetime_hours": 43800})
+    assert put.status_code == 200 and put.json()["kg_co2e"] == 1500
+    again = api.put("/v1/embodied/H100 SXM", json={"kg_co2e": 1600, "lifetime_hours": 43800})
+    assert again.json()["kg_co2e"] == 1600
+    assert "gpu_model" in loc_of_error(api.put("/v1/embodied/Voodoo2", json={"kg_co2e": 1, "lifetime_hours": 1}))
+    assert "lifetime_hours" in loc_of_error(api.put("/v1/embodied/H100 SXM", json={"kg_co2e": 1, "lifetime_hours": 0}))
