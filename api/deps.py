@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlmodel import Session
 
 from accounting.clock import Clock
+from accounting.errors import InvalidInput
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -22,3 +24,12 @@ def get_clock(request: Request) -> Clock:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
+
+
+def check_period(start: datetime, end: datetime) -> None:
+    """A `from`/`to` query pair: both with a zone, `to` after `from` (422 naming the field)."""
+    for name, value in (("from", start), ("to", end)):
+        if value.tzinfo is None:
+            raise InvalidInput(name, "give a time zone, e.g. 2026-01-01T00:00:00Z")
+    if end <= start:
+        raise InvalidInput("to", "must be after `from`")

@@ -11,13 +11,12 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from accounting.clock import Clock, to_datetime, to_us
-from accounting.errors import InvalidInput
 from accounting.jobs.models import Job
 from accounting.ledger.grouping import GroupBy
 from accounting.work.efficiency import efficiency_by, job_efficiency, whole_hours
 from accounting.work.waste import Thresholds, find_waste
 
-from ..deps import ClockDep, SessionDep
+from ..deps import ClockDep, SessionDep, check_period
 
 router = APIRouter(tags=["efficiency"])
 
@@ -91,14 +90,6 @@ def job_efficiency_public(session: Session, job: Job, *, clock: Clock) -> JobEff
     )
 
 
-def _period(start: datetime, end: datetime) -> None:
-    for name, value in (("from", start), ("to", end)):
-        if value.tzinfo is None:
-            raise InvalidInput(name, "give a time zone, e.g. 2026-01-01T00:00:00Z")
-    if end <= start:
-        raise InvalidInput("to", "must be after `from`")
-
-
 def _whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     lo, hi = whole_hours(to_us(start), to_us(end))
     return to_datetime(lo), to_datetime(hi)
@@ -112,7 +103,7 @@ def get_efficiency(
     to: datetime = Query(description="End of the period, exclusive."),
     group_by: GroupBy = GroupBy.team,
 ):
-    _period(from_, to)
+    check_period(from_, to)
     groups = efficiency_by(session, group_by=group_by, start=from_, end=to, clock=clock)
     start, end = _whole_hours(from_, to)
     return EfficiencyAnswer(
@@ -154,7 +145,7 @@ def get_waste(
     from_: datetime = Query(alias="from", **PERIOD),
     to: datetime = Query(description="End of the period, exclusive."),
 ):
-    _period(from_, to)
+    check_period(from_, to)
     findings = find_waste(session, from_, to, clock=clock)
     start, end = _whole_hours(from_, to)
     return WasteAnswer(

@@ -8,13 +8,12 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from accounting.errors import InvalidInput
 from accounting.jobs.models import Gpu
 from accounting.ledger.grouping import TREATMENT, GroupBy, IdlePolicy, energy_by_group
 from accounting.ledger.models import UnattributedUse
 from accounting.units import EnergyUnit, energy_from_mj
 
-from ..deps import SessionDep
+from ..deps import SessionDep, check_period
 
 router = APIRouter(tags=["energy"])
 
@@ -45,14 +44,6 @@ class EnergyAnswer(BaseModel):
     total_mj: int
 
 
-def _period(start: datetime, end: datetime) -> None:
-    for name, value in (("from", start), ("to", end)):
-        if value.tzinfo is None:
-            raise InvalidInput(name, "give a time zone, e.g. 2026-01-01T00:00:00Z")
-    if end <= start:
-        raise InvalidInput("to", "must be after `from`")
-
-
 @router.get("/energy", response_model=EnergyAnswer)
 def get_energy(
     session: SessionDep,
@@ -62,7 +53,7 @@ def get_energy(
     idle_policy: IdlePolicy = IdlePolicy.separate,
     unit: EnergyUnit = EnergyUnit.kWh,
 ):
-    _period(from_, to)
+    check_period(from_, to)
     report = energy_by_group(session, group_by=group_by, idle_policy=idle_policy, start=from_, end=to)
     return EnergyAnswer(
         group_by=group_by, idle_policy=idle_policy, idle_treatment=TREATMENT[idle_policy], unit=unit,
@@ -94,7 +85,7 @@ def get_unattributed(
     to: datetime = Query(),
     limit: int = Query(1000, ge=1, le=10_000),
 ):
-    _period(from_, to)
+    check_period(from_, to)
     u, g = UnattributedUse.__table__, Gpu.__table__
     rows = session.execute(
         sa.select(g.c.uuid, u.c.hour, u.c.pid, u.c.user, u.c.job_key, u.c.energy_mj)
