@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     simulated_gpus: PositiveInt = Field(8, description="GPUs in the simulated fleet of `up`.")
+    sampler_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the sampler's own /metrics (spool depth); off when unset."
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,7 +11,7 @@ from accounting.config import Settings, get_settings
 from accounting.db import engine_for
 
 from . import errors
-from .routes import chargeback, efficiency, energy, gpus, health, jobs, ledger, rebound, sites, work
+from .routes import chargeback, efficiency, energy, gpus, health, jobs, ledger, metrics, rebound, sites, work
 
 
 def create_app(
@@ -28,6 +28,7 @@ def create_app(
     app.state.clock = clock or SystemClock()
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     for module in (jobs, work, gpus, ledger, energy, efficiency, rebound, chargeback, sites):
         app.include_router(module.router, prefix="/v1")
     return app

@@ -10,6 +10,12 @@ if ! command -v pdftoppm >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq poppler-utils >/dev/null
 fi
 
+# promtool (Debian's prometheus) checks the /metrics exposition in its test.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing prometheus (promtool, for the /metrics format test)"
+  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+fi
+
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   echo "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start

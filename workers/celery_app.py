@@ -7,6 +7,7 @@ from kombu import Queue
 
 from accounting.config import Settings, get_settings
 
+from .metrics import install_task_failure_counter
 from .queues import QueueName
 from .schedule import BEAT_SCHEDULE
 
@@ -53,3 +54,4 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 app = make_celery()
+install_task_failure_counter(app)

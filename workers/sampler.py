@@ -17,6 +17,7 @@ from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool
 
 from .celery_app import make_celery
+from .metrics import start_sampler_metrics
 from .processes import batch_sender
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     sampler = build_sampler(settings)
+    if settings.sampler_metrics_port:
+        start_sampler_metrics(sampler.spool, settings.node_name, settings.sampler_metrics_port)
     try:
         run_sampler(
             sampler,
