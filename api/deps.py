@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlmodel import Session
 
 from accounting.clock import Clock
@@ -24,6 +24,8 @@ def get_clock(request: Request) -> Clock:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
+# Ids are 64-bit in the database: a larger number is a 422 naming `job_id`, not a 500.
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The job's id, as POST /v1/jobs answered it.")]
 
 
 def check_period(start: datetime, end: datetime) -> None:

@@ -99,7 +99,18 @@ class JobCreate(JobBase):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2026-01-01T00:00:00Z")
-        return value.astimezone(UTC)
+        return _utc_in_range(value)
+
+
+def _utc_in_range(value: datetime) -> datetime:
+    """In UTC, between 1970 and 2100: anything else is a typing or unit mistake."""
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("a time between 1970 and 2100") from exc
+    if not 1970 <= value.year < 2100:
+        raise ValueError("a time between 1970 and 2100")
+    return value
 
 
 class JobFinish(SQLModel):
@@ -112,7 +123,7 @@ class JobFinish(SQLModel):
             return None
         if value.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2026-01-01T00:00:00Z")
-        return value.astimezone(UTC)
+        return _utc_in_range(value)
 
 
 class Job(JobBase, table=True):

@@ -6,6 +6,7 @@ cannot disagree. The caller owns the transaction (and commits once).
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from accounting.gpu.specs import match_spec
 from accounting.jobs.models import Gpu
 
 from .attribution import Share, attribute_interval
-from .batch import Batch
+from .batch import Batch, BatchEvent, BatchInterval
 from .models import IDLE, UNATTRIBUTED, GpuEvent, IngestedBatch, LedgerEntry, Sample, UnattributedUse, job_account
 from .signals import SignalBuilder
 
@@ -161,11 +162,14 @@ def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
     seen = session.execute(
         sa.select(IngestedBatch.id).where(IngestedBatch.node == batch.node, IngestedBatch.seq == batch.seq)
     ).first()
-    total_mj = sum(i.energy_mj for i in batch.intervals)
     if seen:
+        total_mj = sum(i.energy_mj for i in batch.intervals)
         log.info("batch %s/%s already ingested; ignored", batch.node, batch.seq)
         return IngestResult(batch.node, batch.seq, True, len(batch.intervals), total_mj)
-    if batch.intervals:
+    intervals, dropped = _without_overlaps(session, batch.intervals, ids)
+    total_mj = sum(i.energy_mj for i in intervals)
+    events = [*batch.events, *dropped]
+    if intervals:
         rows = [
             {"gpu_id": ids[i.uuid], "start_at": to_datetime(i.start_us), "end_at": to_datetime(i.end_us),
              "energy_mj": i.energy_mj, "method": i.method, "power_mw": i.power_mw,
@@ -174,16 +178,16 @@ def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
              "sm_active_pct": i.sm_active_pct, "tensor_active_pct": i.tensor_active_pct, "dram_bw_pct": i.dram_bw_pct,
              "processes": [p.model_dump() for p in i.processes] or None,
              "mig": [m.model_dump() for m in i.mig] or None}
-            for i in batch.intervals
+            for i in intervals
         ]
         session.execute(sa.insert(Sample.__table__), rows)
         signals = SignalBuilder(
             session, sorted({r["gpu_id"] for r in rows}),
-            min(i.start_us for i in batch.intervals), max(i.end_us for i in batch.intervals),
-            {p.job_key for i in batch.intervals for p in i.processes if p.job_key},
+            min(i.start_us for i in intervals), max(i.end_us for i in intervals),
+            {p.job_key for i in intervals for p in i.processes if p.job_key},
         )
         deltas = Deltas()
-        for interval, row in zip(batch.intervals, rows, strict=True):
+        for interval, row in zip(intervals, rows, strict=True):
             gpu_id = row["gpu_id"]
             deltas.add(gpu_id, attribute_interval(
                 interval.start_us, interval.end_us, interval.energy_mj, interval.method,
@@ -191,16 +195,50 @@ def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
             ), Activity(interval.gpu_util_pct, interval.sm_active_pct, interval.tensor_active_pct,
                         interval.dram_bw_pct))
         add_to_ledger(session, deltas)
-    if batch.events:
+    if events:
         session.execute(sa.insert(GpuEvent.__table__), [
             {"gpu_id": ids.get(e.uuid) if e.uuid else None, "node": batch.node,
              "at": to_datetime(e.at_us), "kind": e.kind, "detail": e.detail}
-            for e in batch.events
+            for e in events
         ])
     session.add(IngestedBatch(node=batch.node, seq=batch.seq, ingested_at=to_datetime(now_us),
-                              intervals=len(batch.intervals), energy_mj=total_mj))
+                              intervals=len(intervals), energy_mj=total_mj))
     session.flush()
-    return IngestResult(batch.node, batch.seq, False, len(batch.intervals), total_mj)
+    return IngestResult(batch.node, batch.seq, False, len(intervals), total_mj)
+
+
+def _without_overlaps(session: Session, intervals: Sequence[BatchInterval], ids: dict[str, int]):
+    """Drop intervals that overlap one already stored for the GPU, or an earlier one of the same
+    batch: their time is metered already (a sampler re-sent it under a new seq, or two samplers
+    read one GPU), and counting it again would double its energy. Each drop becomes an event.
+    The GPUs are locked by the caller, so the stored intervals cannot change meanwhile."""
+    s = Sample.__table__
+    kept, dropped = [], []
+    by_gpu: dict[str, list[BatchInterval]] = {}
+    for interval in intervals:
+        by_gpu.setdefault(interval.uuid, []).append(interval)
+    for uuid, mine in by_gpu.items():
+        mine.sort(key=lambda i: (i.start_us, i.end_us))
+        stored = [(to_us(a), to_us(b)) for a, b in session.execute(
+            sa.select(s.c.start_at, s.c.end_at)
+            .where(s.c.gpu_id == ids[uuid], s.c.start_at < to_datetime(mine[-1].end_us),
+                   s.c.end_at > to_datetime(mine[0].start_us))
+            .order_by(s.c.start_at))]
+        starts = [a for a, _ in stored]
+        last_end = None
+        for interval in mine:
+            k = bisect.bisect_left(starts, interval.end_us)  # stored intervals never overlap each other
+            in_batch = last_end is not None and interval.start_us < last_end
+            if in_batch or (k and stored[k - 1][1] > interval.start_us):
+                log.warning("interval %s %d..%d overlaps metered time; dropped", uuid, interval.start_us,
+                            interval.end_us)
+                dropped.append(BatchEvent(uuid=uuid, at_us=interval.end_us, kind="overlap-dropped",
+                                          detail=f"{interval.start_us}..{interval.end_us} µs, {interval.energy_mj} mJ: "
+                                                 "overlaps an interval already metered"))
+                continue
+            kept.append(interval)
+            last_end = interval.end_us
+    return kept, dropped
 
 
 def metered_gpu_ids(session: Session, gpu_ids: Sequence[int]) -> list[int]:

@@ -86,7 +86,7 @@ class SignalBuilder:
             if p.get("job_key") is not None or p.get("user") is not None  # unresolved: no evidence
         )
         slots: tuple[MigSlot, ...] = ()
-        if layout.instances:
+        if layout.instances and mig:  # MIG on now: the parent reports its instances' activity
             activity = {m["uuid"]: m["activity_pct"] for m in mig or ()}
             slots = tuple(
                 MigSlot(slices, tuple(self.tenancies.get(instance_id, ())), activity.get(uuid))

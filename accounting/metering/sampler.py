@@ -280,6 +280,10 @@ class Sampler:
     def _save_state(self) -> bool:
         if not self._state_dirty:
             return True
+        if self._intervals:
+            # Baselines have moved past intervals no batch holds yet (a flush failed): saving them
+            # would lose those intervals on a crash. Wait for the next successful flush.
+            return False
         try:
             self.spool.write_state(self._state(next_seq=self._next_seq))
         except OSError as exc:

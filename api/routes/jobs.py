@@ -12,7 +12,7 @@ from accounting.jobs.models import JobCreate, JobFinish, JobPublic
 from accounting.ledger.reports import job_energy
 from accounting.units import EnergyUnit, energy_from_mj
 
-from ..deps import ClockDep, SessionDep
+from ..deps import ClockDep, JobId, SessionDep
 from .efficiency import JobEfficiencyPublic, job_efficiency_public
 
 router = APIRouter(tags=["jobs"])
@@ -26,7 +26,7 @@ def create_job(data: JobCreate, session: SessionDep, clock: ClockDep):
 
 
 @router.post("/jobs/{job_id}/finish", response_model=JobPublic)
-def finish_job(job_id: int, session: SessionDep, clock: ClockDep, data: JobFinish | None = None):
+def finish_job(job_id: JobId, session: SessionDep, clock: ClockDep, data: JobFinish | None = None):
     job = service.finish_job(session, job_id, data.ended_at if data else None, clock=clock)
     session.commit()
     return service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
@@ -37,7 +37,7 @@ class JobDetail(JobPublic):
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail)
-def get_job(job_id: int, session: SessionDep, clock: ClockDep):
+def get_job(job_id: JobId, session: SessionDep, clock: ClockDep):
     job = service.get_job(session, job_id)
     public = service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
     return JobDetail(**public.model_dump(), efficiency=job_efficiency_public(session, job, clock=clock))
@@ -82,7 +82,7 @@ class JobEnergyPublic(BaseModel):
 
 
 @router.get("/jobs/{job_id}/energy", response_model=JobEnergyPublic)
-def get_job_energy(job_id: int, session: SessionDep, unit: EnergyUnit = EnergyUnit.J):
+def get_job_energy(job_id: JobId, session: SessionDep, unit: EnergyUnit = EnergyUnit.J):
     job = service.get_job(session, job_id)
     uuids = service.gpu_uuids_of(session, [job_id])[job_id]
     energy = job_energy(session, job.id)

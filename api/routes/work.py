@@ -17,7 +17,7 @@ from accounting.work import service
 from accounting.work.estimates import model_estimate_flops
 from accounting.work.models import Provenance, WorkReport, WorkReportCreate, WorkReportPublic
 
-from ..deps import ClockDep, SessionDep
+from ..deps import ClockDep, JobId, SessionDep
 
 router = APIRouter(tags=["work"])
 
@@ -60,7 +60,7 @@ def _public(report: WorkReport, duplicate: bool = False) -> WorkReportPublic:
     responses={200: {"model": WorkReportPublic, "description": "A repeat of a stored key: the stored report, "
                      "with `duplicate: true`; nothing changed."}},
 )
-def report_work(job_id: int, data: WorkReportCreate, session: SessionDep, clock: ClockDep, response: Response):
+def report_work(job_id: JobId, data: WorkReportCreate, session: SessionDep, clock: ClockDep, response: Response):
     """Report work done since the previous report (an increment). Retries with the same key count once."""
     report, duplicate = service.record_work(session, job_id, data, clock=clock)
     if duplicate:
@@ -71,7 +71,7 @@ def report_work(job_id: int, data: WorkReportCreate, session: SessionDep, clock:
 
 
 @router.get("/jobs/{job_id}/work", response_model=JobWorkPublic)
-def read_work(job_id: int, session: SessionDep, limit: int = Query(1000, ge=1, le=10_000),
+def read_work(job_id: JobId, session: SessionDep, limit: int = Query(1000, ge=1, le=10_000),
               offset: int = Query(0, ge=0)):
     """A job's work reports and their totals (over all reports, whatever page is shown)."""
     job = get_job(session, job_id)

@@ -289,3 +289,11 @@ def test_readyz_is_503_on_a_database_that_was_never_migrated(tmp_path):
             assert client.get("/healthz").status_code == 200
     finally:
         engine.dispose()
+
+
+def test_ids_and_times_beyond_range_are_422_not_500(api):
+    for path in ("/v1/jobs/99999999999999999999", "/v1/jobs/99999999999999999999/energy"):
+        assert loc_of_error(api.get(path))[-1] == "job_id"
+    assert loc_of_error(api.post("/v1/jobs/99999999999999999999/finish", json={}))[-1] == "job_id"
+    body = job_payload("ancient", ["GPU-x"], T0_US) | {"started_at": "0001-01-01T00:00:00+05:00"}
+    assert loc_of_error(api.post("/v1/jobs", json=body))[-1] == "started_at"

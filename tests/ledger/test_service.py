@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from accounting.clock import US_PER_HOUR, US_PER_S, to_datetime
 from accounting.errors import InvalidInput
 from accounting.jobs.service import create_job, finish_job
-from accounting.ledger.models import IngestedBatch, LedgerEntry, Sample
+from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample
 from accounting.ledger.reports import conservation_errors, fleet_totals, job_energy
 from accounting.ledger.retention import expire_samples
 from accounting.ledger.service import ingest_batch
@@ -106,3 +106,25 @@ def test_retention_keeps_the_ledger_and_protects_expired_hours(session, clock):
     # a job registered now for that old time cannot rebuild the expired hour: the ledger is kept
     create_job(session, job("late", ["GPU-a"], T0_US), clock=clock)
     assert fleet_totals(session).idle_mj == energy_between(0, 10)
+
+
+def test_an_interval_over_time_already_metered_is_dropped_not_counted_twice(session, clock):
+    ingest_batch(session, batch("n1", 1, "GPU-a", T0_US, 60), clock=clock)
+    # the same minute again under a new seq (a sampler restored from an old state), shifted by 1 µs
+    again = batch("n1", 2, "GPU-a", T0_US + 1, 60)
+    result = ingest_batch(session, again, clock=clock)
+    assert (result.duplicate, result.intervals, result.energy_mj) == (False, 0, 0)
+    assert fleet_totals(session).measured_mj == energy_between(0, 60)
+    assert conservation_errors(session) == []
+    kinds = session.execute(sa.select(GpuEvent.kind)).scalars().all()
+    assert kinds.count("overlap-dropped") == 60
+
+
+def test_two_intervals_with_one_start_in_a_batch_do_not_poison_it(session, clock):
+    raw = batch("n1", 1, "GPU-a", T0_US, 2)
+    raw["intervals"].append({**raw["intervals"][0], "end_us": T0_US + S // 2, "energy_mj": 5})
+    result = ingest_batch(session, raw, clock=clock)  # no IntegrityError: the clash is dropped
+    # in time order the half-second interval comes first; the full second overlapping it is dropped
+    assert result.intervals == 2
+    assert fleet_totals(session).measured_mj == 5 + energy_between(1, 2)
+    assert conservation_errors(session) == []
