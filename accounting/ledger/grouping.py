@@ -1,8 +1,9 @@
 """Energy per group (team, project, job, GPU model) over a period, with the idle policy applied.
 
 Idle energy is re-allocated only here, at report time (DESIGN.md): `separate` shows it as its
-own line, `proportional` spreads each GPU's idle energy over the groups that used that GPU in
-the period (in proportion to their energy on it), `none` leaves it out of the groups. Under
+own line, `proportional` spreads each GPU-hour's idle energy over the groups that used that GPU
+in that hour (in proportion to their energy on it; the chargeback statement's rule, so both
+give a group the same energy), `none` leaves it out of the groups. Under
 every policy `total_mj` is the metered energy of the period: what no group takes is reported
 as `unallocated_idle_mj`.
 """
@@ -42,8 +43,9 @@ class IdlePolicy(StrEnum):
 
 TREATMENT = {
     IdlePolicy.separate: "idle energy is its own line, '(idle)'",
-    IdlePolicy.proportional: "each GPU's idle energy is spread over the groups that used that GPU in the period, "
-    "in proportion to their energy on it; idle of GPUs nobody used stays unallocated",
+    IdlePolicy.proportional: "each GPU-hour's idle energy is spread over the groups that used that GPU in that "
+    "hour, in proportion to their energy on it (as chargeback statements do); idle of GPU-hours nobody used stays "
+    "unallocated",
     IdlePolicy.none: "idle energy is not charged to any group; it is reported as unallocated",
 }
 
@@ -85,20 +87,22 @@ def energy_by_group(
 ) -> EnergyReport:
     t, j, g = LedgerEntry.__table__, Job.__table__, Gpu.__table__
     rows = session.execute(
-        sa.select(t.c.gpu_id, t.c.account, t.c.energy_mj, t.c.gpu_us, g.c.model,
+        sa.select(t.c.gpu_id, t.c.hour, t.c.account, t.c.energy_mj, t.c.gpu_us, g.c.model,
                   j.c.id, j.c.external_id, j.c.source, j.c.team, j.c.project)
         .join(g, g.c.id == t.c.gpu_id)
         .outerjoin(j, j.c.id == t.c.job_id)
         .where(t.c.hour >= start, t.c.hour < end)
     ).all()
     groups: dict[str, GroupEnergy] = {}
-    idle_by_gpu: dict[int, int] = defaultdict(int)
-    use_by_gpu: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    # Idle is spread per GPU-hour, as chargeback statements spread it (with that hour's price and
+    # carbon), so /v1/energy and the statement give a group the same energy.
+    idle_by_gpu: dict[tuple, int] = defaultdict(int)
+    use_by_gpu: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     unattributed = total = 0
-    for gpu_id, account, energy_mj, gpu_us, model, *job in rows:
+    for gpu_id, hour, account, energy_mj, gpu_us, model, *job in rows:
         total += energy_mj
         if account == IDLE:
-            idle_by_gpu[gpu_id] += energy_mj
+            idle_by_gpu[(gpu_id, hour)] += energy_mj
             continue
         if account == UNATTRIBUTED:
             unattributed += energy_mj
@@ -111,15 +115,15 @@ def energy_by_group(
         if job[0] is not None:
             group.jobs.add(job[0])
         if account != UNATTRIBUTED:
-            use_by_gpu[gpu_id][key] += energy_mj
+            use_by_gpu[(gpu_id, hour)][key] += energy_mj
     idle_total = sum(idle_by_gpu.values())
     unallocated = idle_total
     if idle_policy == IdlePolicy.separate and idle_total:
         groups[IDLE_GROUP] = GroupEnergy(IDLE_GROUP, idle_mj=idle_total)
         unallocated = 0
     elif idle_policy == IdlePolicy.proportional:
-        for gpu_id, idle_mj in idle_by_gpu.items():
-            users = {k: v for k, v in use_by_gpu[gpu_id].items() if v > 0}
+        for gpu_hour, idle_mj in idle_by_gpu.items():
+            users = {k: v for k, v in use_by_gpu[gpu_hour].items() if v > 0}
             if not users:
                 continue
             keys = sorted(users)

@@ -80,3 +80,25 @@ def test_the_total_is_the_same_under_every_idle_policy(session, clock, policy):
         assert groups["nlp"].idle_mj + groups["vision"].idle_mj == sum(300_000 + k for k in range(5))
     else:
         assert report.unallocated_idle_mj == report.idle_mj and "(idle)" not in groups
+
+
+def test_proportional_idle_gives_a_team_the_same_energy_in_api_and_statement(session, clock):
+    from accounting.chargeback.statements import build_statement
+
+    # idle in two different hours of one GPU: only the team that used the GPU in that hour takes it
+    ingest_batch(session, batch("n1", 1, "GPU-a", T0_US + US_PER_HOUR - 20 * S, 40), clock=clock)
+    nlp = create_job(session, job("a1", ["GPU-a"], T0_US + US_PER_HOUR - 10 * S, team="nlp"), clock=clock)
+    from accounting.jobs.service import finish_job
+
+    finish_job(session, nlp.id, to_datetime(T0_US + US_PER_HOUR), clock=clock)
+    create_job(session, job("a2", ["GPU-a"], T0_US + US_PER_HOUR + 10 * S, team="vision"), clock=clock)
+    report = energy_by_group(session, group_by=GroupBy.team, idle_policy=IdlePolicy.proportional,
+                             start=to_datetime(T0_US), end=to_datetime(T0_US + 2 * US_PER_HOUR))
+    by_api = {g.key: g.energy_mj for g in report.groups}
+    period = to_datetime(T0_US).strftime("%Y-%m")
+    statement = build_statement(session, period=period, group_by="team", idle_policy="proportional", clock=clock)
+    by_statement = {line["group"]: line["energy_mj"] for line in statement["lines"] if line["kind"] == "group"}
+    assert by_api == by_statement
+    # the first hour's 10 s of idle went to nlp only, the second hour's 10 s to vision only
+    assert by_api["nlp"] == sum(300_000 + k for k in range(20))
+    assert by_api["vision"] == sum(300_000 + k for k in range(20, 40))
