@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     sample_retention_days: PositiveInt = Field(14, description="Raw samples older than this expire.")
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    api_public_health: bool = Field(True, description="Serve /healthz and /readyz without an API key.")
+    api_public_metrics: bool = Field(True, description="Serve /metrics without an API key (it carries no "
+                                     "team or job labels); when false, any valid key may scrape it.")
+    api_max_body_bytes: PositiveInt = Field(1_048_576, description="Largest request body the API reads (413 above).")
+    api_max_future_s: PositiveInt = Field(
+        86_400, description="A time more than this many seconds after now is refused (422 naming the field)."
+    )
     simulated_gpus: PositiveInt = Field(8, description="GPUs in the simulated fleet of `up`.")
     sampler_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port of the sampler's own /metrics (spool depth); off when unset."
