@@ -8,6 +8,10 @@ pools add up weighted by their share of the GPU (a MIG instance's slices / 7). U
 tenant's FLOP rate is scaled by its share, like its dynamic power, and where a pool's co-tenants
 ask for more than 100 % tensor activity together, each one's FLOP rate shrinks by the same factor
 (they time-slice the tensor pipes), so no GPU does more than TENSOR_EFFICIENCY × peak.
+
+The part-time sensor's view: in each step's first 25 ms slice a tenant draws its dynamic power ×
+its Frame's `window_gain` (workloads.py), over the one idle baseline, never below 0 W; chunks with
+no bursty tenant keep no series of their own (the slice sees the step's mean).
 """
 
 from __future__ import annotations
@@ -64,6 +68,18 @@ class Chunk:
     spans: tuple[tuple[int, int], ...]  # per tenant: its steps [lo, hi) within the chunk
     activity_cum: np.ndarray  # float64, (3, n + 1): running sums of the device-level SIGNALS, % × steps
     flops_cum: np.ndarray  # float64, (tenants, n + 1): each tenant's true useful FLOPs since the start
+    # int64, n + 1: running sum of the power the part-time sensor sees per step; None: flat (power_mw)
+    sensed_cum: np.ndarray | None = None
+
+    def util_sum(self, lo: int, hi: int) -> int:
+        """Σ of the duty cycle over steps [lo, hi)."""
+        return int(self.util_cum[hi] - self.util_cum[lo])
+
+    def sensed_mw_sum(self, lo: int, hi: int) -> int:
+        """Σ over steps [lo, hi) of the mean power in each step's part-time sensor slice, mW."""
+        if self.sensed_cum is None:
+            return int(self.cum_uj[hi] - self.cum_uj[lo]) // STEP_MS  # cum_uj sums power × 100 ms
+        return int(self.sensed_cum[hi] - self.sensed_cum[lo])
 
     def activity_pct_steps(self, lo_us: int, hi_us: int) -> np.ndarray:
         """The integral of each device-level signal over [lo, hi) µs from the chunk's start, in % × steps."""
@@ -103,7 +119,7 @@ def render_chunk(
     active = np.zeros((len(tenants), n), dtype=bool)
     signals = np.zeros((len(tenants), len(SIGNALS), n))
     flop_rate = np.zeros((len(tenants), n))
-    spans = []
+    spans, gains = [], []  # gains: (tenant, lo, hi, window_gain) of the bursty tenants
     for j, t in enumerate(tenants):
         lo, hi = max(t.start_step - first_step, 0), min(t.end_step - first_step, n)
         lo = min(lo, hi)
@@ -126,6 +142,8 @@ def render_chunk(
         for k, name in enumerate(SIGNALS):
             signals[j, k, lo:hi] = getattr(f, name)
         flop_rate[j, lo:hi] = f.flop_rate
+        if np.any(np.asarray(f.window_gain) != 1.0):
+            gains.append((j, lo, hi, f.window_gain))
     _cap(spec, idle_mw, dynamic, active, tenants)
     device_pct = _combine_activity(signals, flop_rate, tenants)
     power_mw = idle_mw + dynamic.sum(axis=0)
@@ -140,7 +158,19 @@ def render_chunk(
     flops_cum = np.zeros((len(tenants), n + 1))
     np.cumsum(flop_rate * _STEP_S, axis=1, out=flops_cum[:, 1:])
     return Chunk(power_mw, cum_uj, util_cum, mem_util, memory_mib, clock, idle_mw, dynamic,
-                 dynamic_cum, tuple(spans), activity_cum, flops_cum)  # fmt: skip
+                 dynamic_cum, tuple(spans), activity_cum, flops_cum, _sensed_cum(power_mw, dynamic, gains))  # fmt: skip
+
+
+def _sensed_cum(power_mw: np.ndarray, dynamic: np.ndarray, gains: list) -> np.ndarray | None:
+    """Running sums of what the part-time sensor sees per step (module docstring); None if all is flat."""
+    if not gains:
+        return None
+    sensed = power_mw.copy()
+    for j, lo, hi, gain in gains:
+        sensed[lo:hi] += np.rint(dynamic[j, lo:hi] * (np.asarray(gain) - 1.0)).astype(np.int64)
+    cum = np.zeros(len(power_mw) + 1, dtype=np.int64)
+    np.cumsum(np.maximum(sensed, 0), out=cum[1:])
+    return cum
 
 
 def _combine_activity(signals: np.ndarray, flop_rate: np.ndarray, tenants: Sequence[Tenant]) -> np.ndarray:

@@ -1,13 +1,15 @@
 """The simulated fleet: a deterministic fake of NVML for machines without a GPU.
 
-It owns the ground truth of every simulated GPU — true power, piecewise constant on a 100 ms
-grid in integer mW — and derives from it what NVML would report: the total-energy counter
-(exact integer µJ inside, floored to mJ, advancing at each step boundary, restarting at
-driver resets), the power sensor (a 1 s mean on Hopper and newer, instantaneous on A100 and
-older), duty cycles, memory, clocks, processes and, on Hopper and newer only (GpuSpec.has_gpm),
-GPM's SM, tensor and DRAM-bandwidth activity as means since the previous read (workloads.py says
-what each workload shows; chunks.py how co-tenants and MIG instances combine). Readings are taken
-at `clock.now_us()`.
+It owns the ground truth of every simulated GPU — true power as 100 ms step means in integer mW —
+and derives from it what NVML would report: the total-energy counter (exact integer µJ inside,
+floored to mJ, advancing at each step boundary, restarting at driver resets), the power sensor (a
+1 s mean on Hopper and newer, the current step's on A100 and older, or, with
+`power_sensor="part-time-25"`, the mean of the first 25 ms of each of the last 10 steps: it sees
+inside a step where a workload has kernel bursts, workloads.py KernelBursts; the counter and the
+truth never depend on the sensor), duty cycles, memory, clocks, processes and, on Hopper and newer
+only (GpuSpec.has_gpm), GPM's SM, tensor and DRAM-bandwidth activity as means since the previous
+read (workloads.py says what each workload shows; chunks.py how co-tenants and MIG instances
+combine). Readings are taken at `clock.now_us()`.
 
 Shared GPUs: runs with a tenant may overlap, adding dynamic power over one idle baseline (capped
 at TDP together); MIG instances (`enable_mig`) run scaled to their slices, metered only as a whole.
@@ -27,8 +29,8 @@ import bisect
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,13 +42,13 @@ from accounting.gpu.backend import GpuInfo, GpuProcess, GpuReading, MigActivity,
 from accounting.gpu.chunks import CHUNK_STEPS, SIGNALS, Chunk, Tenant, render_chunk
 from accounting.gpu.mig import MigInstance
 from accounting.gpu.sharing import Assignment, Segment, dynamic_nj
-from accounting.gpu.specs import GpuSpec, get_spec
+from accounting.gpu.specs import POWER_SENSORS, GpuSpec, PowerSensor, get_spec
 from accounting.gpu.truth import GroundTruth
-from accounting.gpu.workloads import BASE_MEMORY_MIB, STEP_US, Workload
+from accounting.gpu.workloads import BASE_MEMORY_MIB, SENSOR_SLICE_MS, STEP_US, Workload
 
 CHUNK_US = CHUNK_STEPS * STEP_US
 SENSOR_WINDOW_US = 1_000_000  # nvmlDeviceGetPowerUsage averages over 1 s on Hopper and newer
-UTIL_WINDOW_STEPS = 10  # duty cycles cover the last second's completed steps
+UTIL_WINDOW_STEPS = 10  # duty cycles, and the part-time sensor, cover the last second's completed steps
 GPM_MIN_WINDOW_US = 100_000  # NVML's GPM needs samples more than 100 ms apart
 _CHUNKS_PER_GPU = 4  # cache: the current and previous chunks, with room for a look back
 _DENSE_CHECKPOINTS = 16  # keep every recent chunk start; older ones only every 64th
@@ -91,7 +93,11 @@ class SimulatedFleet(GroundTruth):
 
     kind = "simulated"
 
-    def __init__(self, gpus: list[SimGpu], *, clock: Clock, seed: int = 0) -> None:
+    def __init__(self, gpus: list[SimGpu], *, clock: Clock, seed: int = 0,
+                 power_sensor: PowerSensor | None = None) -> None:  # fmt: skip
+        """`power_sensor`, when given, replaces every GPU's catalog sensor (specs.PowerSensor)."""
+        if power_sensor is not None and power_sensor not in POWER_SENSORS:
+            raise ValueError(f"power_sensor must be one of {POWER_SENSORS}")
         self._clock = clock
         self._seed = seed & 0xFFFF_FFFF_FFFF_FFFF  # numpy seeds must be non-negative
         self._lock = threading.RLock()
@@ -102,6 +108,7 @@ class SimulatedFleet(GroundTruth):
             if sim.uuid in self._gpus:
                 raise ValueError(f"duplicate GPU uuid {sim.uuid!r}")
             spec = get_spec(sim.model)
+            spec = spec if power_sensor is None else replace(spec, power_sensor=power_sensor)
             g = _Gpu(sim, spec, _hash64(seed, sim.uuid))
             hours = 2 + 46 * (g.key % 10_000) / 10_000
             typical_w = spec.idle_w + 0.3 * (spec.tdp_w - spec.idle_w)
@@ -115,15 +122,14 @@ class SimulatedFleet(GroundTruth):
         self._max_chunks = _CHUNKS_PER_GPU * max(len(self._gpus), 1) + 8
 
     @classmethod
-    def build(
-        cls, models: list[str], *, clock: Clock, seed: int = 0, node: str = "sim"
-    ) -> SimulatedFleet:
+    def build(cls, models: list[str], *, clock: Clock, seed: int = 0, node: str = "sim",
+              power_sensor: PowerSensor | None = None) -> SimulatedFleet:  # fmt: skip
         """GPUs 0..n-1 of `node` with deterministic uuids, unique across nodes."""
         gpus = [
             SimGpu(f"GPU-sim-{node}-{i}-{_hash64(node, i, m) & 0xFFFFFFFF:08x}", m, i)
             for i, m in enumerate(models)
         ]
-        return cls(gpus, clock=clock, seed=seed)
+        return cls(gpus, clock=clock, seed=seed, power_sensor=power_sensor)
 
     # GpuBackend ---------------------------------------------------------------------------
     def gpus(self) -> list[GpuInfo]:
@@ -154,6 +160,9 @@ class SimulatedFleet(GroundTruth):
             if g.spec.power_sensor == "average-1s":
                 window_nj = self._energy_nj(g, t_us) - self._energy_nj(g, t_us - SENSOR_WINDOW_US)
                 power_mw = round(window_nj / SENSOR_WINDOW_US)  # nJ / µs = mW
+            elif g.spec.power_sensor == "part-time-25":  # the last second's slices that have ended
+                end = (t_us - SENSOR_SLICE_MS * 1_000) // STEP_US + 1
+                power_mw = round(self._window_sum(g, end, Chunk.sensed_mw_sum) / UTIL_WINDOW_STEPS)
             else:
                 power_mw = int(chunk.power_mw[i])
             n_used = int(chunk.memory_used_mib[i])
@@ -174,7 +183,7 @@ class SimulatedFleet(GroundTruth):
                     used_bytes = max(n_used - BASE_MEMORY_MIB, 0) * _MIB
                     processes = sharing.processes(seen, step, dynamic_nj(segments), g.spec, window[1] - window[0],
                                                   used_bytes)  # fmt: skip
-                util_pct = round(self._util_sum(g, step) / UTIL_WINDOW_STEPS)
+                util_pct = round(self._window_sum(g, step, Chunk.util_sum) / UTIL_WINDOW_STEPS)
                 mem_util_pct = int(chunk.mem_util_pct[i])
             sm_active, tensor_active, dram_bw = self._gpm_means(g, window, segments)
             return GpuReading(
@@ -334,14 +343,13 @@ class SimulatedFleet(GroundTruth):
     def _chunk_total_uj(self, g: _Gpu, c: int) -> int:
         return int(self._chunk(g, c).cum_uj[-1])
 
-    def _util_sum(self, g: _Gpu, end_step: int) -> int:
-        """Σ duty cycle over the UTIL_WINDOW_STEPS steps before end_step."""
+    def _window_sum(self, g: _Gpu, end_step: int, part: Callable[[Chunk, int, int], int]) -> int:
+        """Σ of a per-step series (`part(chunk, lo, hi)`) over the UTIL_WINDOW_STEPS steps before end_step."""
         total, lo = 0, end_step - UTIL_WINDOW_STEPS
         while lo < end_step:
             c, i = divmod(lo, CHUNK_STEPS)
             j = min(i + end_step - lo, CHUNK_STEPS)
-            ucum = self._chunk(g, c).util_cum
-            total += int(ucum[j]) - int(ucum[i])
+            total += part(self._chunk(g, c), i, j)
             lo += j - i
         return total
 

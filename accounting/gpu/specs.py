@@ -11,7 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-PowerSensor = Literal["average-1s", "instant"]
+# What nvmlDeviceGetPowerUsage returns (the simulated fleet's readings follow it; simulated.py):
+# "average-1s" the exact mean of the last second; "instant" the current 100 ms step's mean;
+# "part-time-25" a 1 s average of 25 ms windows, one at the start of every 100 ms (Yang et al.,
+# "Part-time Power Measurements: nvidia-smi's Lack of Attention", 2023: A100 and H100 sample only
+# 25 % of the runtime). No catalog entry has it by default: a fleet opts in (SimulatedFleet).
+PowerSensor = Literal["average-1s", "instant", "part-time-25"]
+POWER_SENSORS: tuple[PowerSensor, ...] = ("average-1s", "instant", "part-time-25")
 
 
 @dataclass(frozen=True, slots=True)

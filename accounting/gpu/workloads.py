@@ -24,11 +24,18 @@ GPM activity and useful work, per workload (percent of the tenant's own part of 
 
 "From tensor" is the one rule that ties tensor activity to useful work everywhere: useful FLOP/s =
 TENSOR_EFFICIENCY × tensor activity × the spec's peak dense BF16 FLOP/s.
+
+Within a step. A step's power is the mean over its 100 ms, which is all the energy counter, the
+1 s average and the ground truth ever see. Only the part-time sensor (specs.PowerSensor
+"part-time-25") looks inside a step, at its first SENSOR_SLICE_MS: a Frame's `window_gain` is the
+tenant's mean dynamic power over that slice ÷ its mean over the step (1: flat). KernelBursts wraps
+any workload in a train of kernel bursts shorter than a step, whose phase drifts against the slice
+or, for request-driven serving, is drawn afresh each step; it changes nothing but that gain.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -39,6 +46,7 @@ from accounting.gpu.trace import PowerTrace
 STEP_MS = 100
 STEP_US = STEP_MS * 1_000
 STEPS_PER_S = 1_000 // STEP_MS
+SENSOR_SLICE_MS = 25  # the part-time sensor averages the first 25 ms of every 100 ms step
 BASE_MEMORY_MIB = 17  # driver reservation with no process (the real H100 trace's GPUs 1–7)
 CONTEXT_MEMORY_MIB = 512  # one CUDA context
 IDLE_SM_CLOCK_MHZ = 210
@@ -89,6 +97,8 @@ class Frame:
     tensor_active_pct: np.ndarray | float = 0.0
     dram_bw_pct: np.ndarray | float = 0.0
     flop_rate: np.ndarray | float = 0.0  # true useful FLOP/s, at the whole GPU's scale (chunks.py scales it)
+    # Mean dynamic power over the step's first SENSOR_SLICE_MS ÷ over the whole step (module docstring)
+    window_gain: np.ndarray | float = 1.0
 
 
 class Workload(Protocol):
@@ -318,3 +328,59 @@ class TracePower:
         tensor = self.tensor_per_util * util
         return Frame(power_mw, util, util * 2 // 5, memory_mib, clock, 0.95 * util, tensor, 0.4 * util,
                      _flop_rate(tensor, ctx.spec))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KernelBursts:
+    """`inner` as its kernels really run: each step's dynamic power comes in a train of bursts of
+    `period_ms` (≤ one step), the kernels running `duty` of each period and the power between
+    bursts at `floor` × the step's mean dynamic power; the step's mean, and so its energy, stays
+    what `inner` renders. Only the part-time sensor can tell (the module docstring).
+
+    Steady (`random_phase` False, a training loop): one regular train from the run's start at a
+    phase drawn from the run's key; a period that divides 100 ms keeps the same phase against the
+    sensor's slice all run long, any other drifts through it. `random_phase` (request-driven
+    serving): each step's train starts at a phase of its own.
+    """
+
+    inner: Workload
+    period_ms: float = 40.0
+    duty: float = 0.5
+    floor: float = 0.15
+    random_phase: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.period_ms <= STEP_MS:
+            raise ValueError(f"period_ms must be in (0, {STEP_MS}]: a burst train shorter than a step")
+        if not 0 < self.duty <= 1:
+            raise ValueError("duty must be in (0, 1]")
+        if not 0 <= self.floor <= 1:
+            raise ValueError("floor must be in [0, 1]")
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return self.inner.pids
+
+    @property
+    def tokens_per_flop(self) -> float | None:
+        return getattr(self.inner, "tokens_per_flop", None)
+
+    def render(self, ctx: RenderContext) -> Frame:
+        return replace(self.inner.render(ctx), window_gain=self.window_gain(ctx))
+
+    def window_gain(self, ctx: RenderContext) -> np.ndarray:
+        """Per step: the mean of the bursty profile over the sensor's slice (the profile's step mean is 1)."""
+        period, on = self.period_ms, self.duty * self.period_ms
+        # Where in its period the train is as each step starts, ms.
+        if self.random_phase:
+            start = hash_uniform(ctx.key, 3, ctx.steps) * period
+        else:
+            start = (ctx.offsets() * STEP_MS + hash_uniform(ctx.key, 3, np.zeros(1))[0] * period) % period
+
+        def on_ms(x: np.ndarray) -> np.ndarray:  # burst time in [0, x) of a train that starts at 0
+            return np.floor(x / period) * on + np.minimum(x % period, on)
+
+        step_on = (on_ms(start + STEP_MS) - on_ms(start)) / STEP_MS
+        slice_on = (on_ms(start + SENSOR_SLICE_MS) - on_ms(start)) / SENSOR_SLICE_MS
+        high = (1 - self.floor * (1 - step_on)) / step_on  # step_on > 0: a step holds a whole period
+        return self.floor * (1 - slice_on) + high * slice_on
