@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     sampler_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port of the sampler's own /metrics (spool depth); off when unset."
     )
+    resend_after_s: PositiveFloat | None = Field(
+        None, description="Redis: seconds a shipped batch waits for the ledger's confirmation before the "
+        "sampler sends it again; default 2 × the visibility timeout + 60 s."
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -68,6 +72,12 @@ class Settings(BaseSettings):
     @property
     def resolved_spool_dir(self) -> Path:
         return self.spool_dir or self.home / "spool"
+
+    @property
+    def resolved_resend_after_s(self) -> float:
+        # Past the visibility timeout twice over: a batch the broker still holds is redelivered
+        # (and confirmed) before the sampler would send it again.
+        return self.resend_after_s or 2.0 * self.broker_visibility_timeout_s + 60.0
 
 
 @lru_cache

@@ -1,4 +1,8 @@
-"""The Celery app. Broker from settings: Redis in production, SQLAlchemy-on-SQLite embedded."""
+"""The Celery app. Broker from settings: Redis in production, SQLAlchemy-on-SQLite embedded.
+
+With Redis, the same server keeps task results, for one task only: ingest stores its outcome so the
+node's sampler can tell a batch the ledger has from one a broker lost (see `batch_confirmer`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,22 @@ from accounting.config import Settings, get_settings
 from .metrics import install_task_failure_counter
 from .queues import QueueName
 from .schedule import BEAT_SCHEDULE
+
+RESULT_EXPIRES_S = 24 * 3600  # well past any sampler's resend_after_s: a confirmation outlives the wait
+
+
+def _result_settings(settings: Settings, results: bool) -> dict:
+    url = settings.resolved_broker_url
+    if not results or not url.startswith(("redis://", "rediss://")):
+        # The embedded SQLAlchemy broker keeps no results: its sampler deletes a batch once sent.
+        return {}
+    return {
+        "result_backend": url,
+        "result_expires": RESULT_EXPIRES_S,
+        # A sampler asking about its batches while Redis hangs must not hang with it.
+        "redis_socket_connect_timeout": 5,
+        "redis_socket_timeout": 10,
+    }
 
 
 def _transport_options(settings: Settings) -> dict:
@@ -26,7 +46,12 @@ def _transport_options(settings: Settings) -> dict:
     return {}  # the SQLAlchemy transport hands its options to create_engine: give it none
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
+def make_celery(settings: Settings | None = None, *, results: bool = True) -> Celery:
+    """The app; `results=False` gives a publisher that keeps no results. A sender should publish
+    through one: with a result backend Celery subscribes the sender to every task's result channel,
+    and while Redis is down that subscription retries for ~20 s (then needs an app restart) before
+    the send fails, where a results-less publisher fails at once and the batch waits in the spool.
+    A worker still stores the ingest result: that is the task's own setting (`ignore_result`)."""
     settings = settings or get_settings()
     app = Celery("wattledger", broker=settings.resolved_broker_url)
     app.conf.update(
@@ -46,9 +71,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
+        # A worker whose broker went away keeps reconnecting (every 2, 4 … 30 s) for as long as it
+        # takes, instead of exiting after 100 tries.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
         beat_schedule=BEAT_SCHEDULE,
         timezone="UTC",
+        **_result_settings(settings, results),
     )
     return app
 

@@ -67,16 +67,27 @@ def install_task_failure_counter(app: Celery) -> bool:
 
 
 class SpoolCollector(Collector):
-    """wattledger_sampler_spool_depth{node}: batches waiting in the spool, counted at scrape time."""
+    """The sampler's spool, counted at scrape time (all per node):
+    wattledger_sampler_spool_depth (not sent yet), wattledger_sampler_unconfirmed_batches (sent,
+    waiting for the ledger's confirmation), wattledger_sampler_rejected_batches (set aside)."""
+
+    FAMILIES = (
+        ("wattledger_sampler_spool_depth", "Batches waiting in the sampler's on-disk spool for the broker.",
+         lambda spool: spool.depth()),
+        ("wattledger_sampler_unconfirmed_batches", "Batches sent and kept in the spool until the ledger "
+         "confirms them.", lambda spool: len(spool.awaiting())),
+        ("wattledger_sampler_rejected_batches", "Batches the ledger rejected as malformed, kept in the "
+         "spool's rejected/ folder for an operator.", lambda spool: spool.rejected()),
+    )
 
     def __init__(self, spool: Spool, node: str) -> None:
         self.spool, self.node = spool, node
 
     def collect(self):
-        family = GaugeMetricFamily("wattledger_sampler_spool_depth",
-                                   "Batches waiting in the sampler's on-disk spool for the broker.", labels=["node"])
-        family.add_metric([self.node], self.spool.depth())
-        yield family
+        for name, help_text, count in self.FAMILIES:
+            family = GaugeMetricFamily(name, help_text, labels=["node"])
+            family.add_metric([self.node], count(self.spool))
+            yield family
 
 
 def start_sampler_metrics(spool: Spool, node: str, port: int, addr: str = "0.0.0.0"):

@@ -1,7 +1,9 @@
-"""Starting the pieces as real processes and servers: Celery worker, API server, batch sender."""
+"""Starting the pieces as real processes and servers: Celery worker, API server, and the
+sampler's side of the broker (sending batches, asking whether the ledger has them)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -12,9 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
-from celery import Celery
+from celery import Celery, states
+
+from accounting.metering.sampler import Delivery
 
 from .queues import INGEST_TASK, QueueName
+from .tasks.ledger import BatchRejected
+
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,14 +87,41 @@ class ApiServer:
         self.thread.join(10)
 
 
-def batch_sender(app: Celery) -> Callable[[dict], None]:
-    """Publish a sampler batch to the ingest queue; raises when the broker is unreachable
-    (the sampler then keeps the batch in its spool and retries later)."""
+def batch_sender(app: Celery) -> Callable[[dict], str]:
+    """Publish a sampler batch to the ingest queue; returns the task id (the receipt the sampler
+    confirms by). Raises when the broker is unreachable: the sampler then keeps the batch in its
+    spool and retries later. Give it an app made with `make_celery(settings, results=False)`."""
 
-    def send(batch: dict) -> None:
-        app.send_task(
+    def send(batch: dict) -> str:
+        result = app.send_task(
             INGEST_TASK, args=[batch], queue=QueueName.ingest.value,
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         )
+        return result.id
 
     return send
+
+
+def batch_confirmer(app: Celery) -> Callable[[str], Delivery] | None:
+    """What the ledger says about the ingest task `task_id`, read from the result backend; None
+    when the app keeps no results (the embedded broker), and the sampler trusts a send.
+
+    Raises when the result backend is unreachable: the sampler then keeps every batch and asks
+    again next round.
+    """
+    if not app.conf.result_backend:
+        return None
+
+    def confirm(task_id: str) -> Delivery:
+        result = app.AsyncResult(task_id)
+        state = result.state
+        if state == states.SUCCESS:
+            return Delivery.confirmed
+        if state == states.FAILURE:
+            if isinstance(result.result, BatchRejected):
+                return Delivery.rejected
+            # Retries ran out (a database down for half an hour, say): the batch is still good.
+            log.info("ingest task %s failed (%r); its batch will be sent again when overdue", task_id, result.result)
+        return Delivery.waiting
+
+    return confirm

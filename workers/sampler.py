@@ -18,7 +18,7 @@ from accounting.metering.spool import Spool
 
 from .celery_app import make_celery
 from .metrics import start_sampler_metrics
-from .processes import batch_sender
+from .processes import batch_confirmer, batch_sender
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,16 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     sampler = build_sampler(settings)
     if settings.sampler_metrics_port:
         start_sampler_metrics(sampler.spool, settings.node_name, settings.sampler_metrics_port)
+    confirm = batch_confirmer(make_celery(settings))
+    if confirm is not None:
+        log.info("shipped batches wait in the spool for the ledger's confirmation; re-sent after %.0f s",
+                 settings.resolved_resend_after_s)
     try:
         run_sampler(
             sampler,
-            send=batch_sender(make_celery(settings)),
+            send=batch_sender(make_celery(settings, results=False)),
+            confirm=confirm,
+            resend_after_s=settings.resolved_resend_after_s,
             sample_interval_s=settings.sample_interval_s,
             flush_interval_s=settings.flush_interval_s,
             stop=stop,

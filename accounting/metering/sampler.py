@@ -6,6 +6,7 @@ state travelling twice: inside every batch (`state_after`) and in `state.json`. 
 written before `state.json`, and on start-up the state with the highest `next_seq` wins, so a
 crash between the two writes neither re-emits nor skips an interval. A restarted sampler resumes
 from the last flushed readings: the counter delta then covers the downtime, so no energy is lost.
+Where the transport can confirm delivery, a sent batch stays in the spool until the ledger has it.
 """
 
 from __future__ import annotations
@@ -13,18 +14,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
+from enum import StrEnum
 from typing import Any
 
-from accounting.clock import Clock
+from accounting.clock import US_PER_S, Clock
 from accounting.errors import GpuError, GpuLost
 from accounting.gpu.backend import GpuBackend, GpuInfo, GpuProcess, GpuReading, ProcessResolver
 from accounting.metering.energy import interval_energy, is_counter_reset
-from accounting.metering.spool import CorruptBatch, Spool
+from accounting.metering.spool import CorruptBatch, Shipment, Spool
 
 log = logging.getLogger(__name__)
 
 BATCH_VERSION = 1
 STATE_VERSION = 1
+DEFAULT_RESEND_AFTER_S = 300.0
+
+
+class Delivery(StrEnum):
+    """What the ledger says about a sent batch (`confirm(receipt)` answers one of these)."""
+
+    confirmed = "confirmed"  # ingested (or found already ingested): forget it
+    rejected = "rejected"  # refused as malformed: no re-send can help; set aside for an operator
+    waiting = "waiting"  # no answer yet: re-send once it is overdue
 
 
 def reading_to_json(reading: GpuReading) -> dict[str, Any]:
@@ -214,31 +225,77 @@ class Sampler:
         self._save_state()
         return batch
 
-    def ship(self, send: Callable[[dict[str, Any]], None]) -> int:
-        """Send spooled batches oldest first; returns how many were sent and removed."""
+    def ship(self, send: Callable[[dict[str, Any]], Any], *, confirm: Callable[[str], Delivery] | None = None,
+             resend_after_s: float = DEFAULT_RESEND_AFTER_S) -> int:
+        """Send spooled batches oldest first; returns how many were sent (re-sends included).
+
+        Without `confirm`, a sent batch is removed at once: the transport is trusted with it. With
+        `confirm`, `send` returns a receipt, and the batch waits in the spool's `sent/` until
+        `confirm(receipt)` says the ledger has it; one with no answer `resend_after_s` after its
+        last send is sent again (ingest counts a (node, seq) once, so re-sending is harmless).
+        """
         # Removing a batch whose state_after is newer than state.json would let a crash
         # roll the sampler back, so state.json must be current first.
         if not self._save_state():
             return 0
-        shipped = 0
+        shipped = 0 if confirm is None else self._settle(send, confirm, resend_after_s)
         for seq in self.spool.pending():
             try:
                 batch = self.spool.load(seq)
             except CorruptBatch:
                 continue  # quarantined and logged by the spool
             try:
-                send(batch)
+                receipt = send(batch)
             except Exception as exc:  # any transport failure: keep the batch for next time
-                log.warning(
-                    "shipping batch %d failed, %d left in the spool: %s",
-                    seq,
-                    self.spool.depth(),
-                    exc,
-                )
+                log.warning("shipping batch %d failed, %d left in the spool: %s", seq, self.spool.depth(), exc)
                 break
-            self.spool.remove(seq)
+            if confirm is None:
+                self.spool.remove(seq)
+            else:
+                self.spool.mark_sent(seq, receipt=str(receipt), sent_us=self.clock.now_us())
             shipped += 1
         return shipped
+
+    def _settle(self, send: Callable[[dict[str, Any]], Any], confirm: Callable[[str], Delivery],
+                resend_after_s: float) -> int:
+        """Ask about every batch awaiting confirmation: forget the confirmed, set the rejected
+        aside, send the overdue again. Returns the number re-sent. When the ledger cannot be
+        asked, everything stays for the next round."""
+        resent = 0
+        for shipment in self.spool.awaiting():
+            try:
+                delivery = Delivery.waiting if shipment.receipt is None else Delivery(confirm(shipment.receipt))
+            except Exception as exc:
+                log.warning("cannot check sent batches (%s); %d wait for the next round",
+                            exc, len(self.spool.awaiting()))
+                return resent
+            if delivery is Delivery.confirmed:
+                self.spool.confirmed(shipment.seq)
+            elif delivery is Delivery.rejected:
+                moved_to = self.spool.reject(shipment.seq)
+                log.error("batch %d was REJECTED by the ledger as malformed and will not be sent again; "
+                          "moved to %s for an operator (the ingest worker's log says why)", shipment.seq, moved_to)
+            elif self.clock.now_us() - shipment.sent_us >= resend_after_s * US_PER_S:
+                if not self._resend(send, shipment):
+                    return resent
+                resent += 1
+        return resent
+
+    def _resend(self, send: Callable[[dict[str, Any]], Any], shipment: Shipment) -> bool:
+        try:
+            batch = self.spool.load(shipment.seq, sent=True)
+        except CorruptBatch:
+            return True  # quarantined and logged by the spool
+        try:
+            receipt = send(batch)
+        except Exception as exc:
+            log.warning("re-sending batch %d failed (will retry): %s", shipment.seq, exc)
+            return False
+        now_us = self.clock.now_us()
+        self.spool.mark_sent(shipment.seq, receipt=str(receipt), sent_us=now_us)
+        log.warning("batch %d had no confirmation %.0f s after send %d (receipt %s); re-sent as %s",
+                    shipment.seq, (now_us - shipment.sent_us) / US_PER_S, shipment.sends, shipment.receipt, receipt)
+        return True
 
     def _batch_gpus(self) -> list[dict[str, Any]]:
         uuids = set(self._seen)
@@ -312,12 +369,11 @@ class Sampler:
         self._last = {u: reading_from_json(r) for u, r in state["readings"].items()}
         self._info = {u: GpuInfo(**i) for u, i in state.get("gpus", {}).items()}
         self._lost = set(state.get("lost", ()))
-        # Batches on disk with higher seqs than the state (impossible unless state.json was
-        # edited by hand) must not be overwritten.
-        pending = self.spool.pending()
-        if pending and pending[-1] >= self._next_seq:
-            log.warning("spool holds batch %d beyond state seq %d", pending[-1], self._next_seq)
-            self._next_seq = pending[-1] + 1
+        # Batches on disk beyond the state (only if state.json was edited by hand) stay intact.
+        on_disk = self.spool.pending() + [s.seq for s in self.spool.awaiting()]
+        if on_disk and max(on_disk) >= self._next_seq:
+            log.warning("spool holds batch %d beyond state seq %d", max(on_disk), self._next_seq)
+            self._next_seq = max(on_disk) + 1
         if from_batch:
             # state.json lags the newest batch (a crash between the two writes): catch it up
             # before that batch can be shipped and removed.

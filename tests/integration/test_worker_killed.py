@@ -34,7 +34,7 @@ def test_sigkill_mid_ingest_loses_nothing_and_doubles_nothing(settings, workers,
         fleet.assign(gpu.uuid, T0_US, T0_US + BATCHES * BATCH_S * US_PER_S, Training())
     sampler = Sampler(backend=fleet, spool=Spool(tmp_path / "spool"), clock=clock, node="kill-node")
     sent: list[dict] = []
-    publish = batch_sender(make_celery(settings))
+    publish = batch_sender(make_celery(settings, results=False))
 
     def send(batch: dict) -> None:
         publish(batch)

@@ -6,7 +6,8 @@ import workers.tasks.chargeback  # noqa: F401,I001  (registers the tasks)
 import workers.tasks.ledger  # noqa: F401
 import workers.tasks.maintenance  # noqa: F401
 from accounting.config import Settings
-from workers.celery_app import _transport_options, app
+from workers.celery_app import RESULT_EXPIRES_S, _transport_options, app, make_celery
+from workers.processes import batch_confirmer
 from workers.queues import QueueName
 from workers.schedule import BEAT_SCHEDULE
 
@@ -22,6 +23,9 @@ def test_registered_task_names_snapshot():
 def test_ingest_is_late_acked_and_retries_only_transient_errors():
     task = app.tasks["ledger.ingest_batch"]
     assert task.acks_late
+    assert task.ignore_result is False  # the sampler confirms its batches by this result
+    assert all(t.ignore_result for name, t in app.tasks.items() if name != "ledger.ingest_batch"
+               and not name.startswith("celery."))
     assert {e.__name__ for e in task.autoretry_for} == {"OperationalError", "InterfaceError", "IntegrityError"}
     assert task.max_retries and task.retry_backoff
 
@@ -38,3 +42,24 @@ def test_redis_gets_a_visibility_timeout_and_the_embedded_broker_none():
         "visibility_timeout": 30, "unacked_restore_interval": 10, "unacked_restore_throttle": 1,
     }
     assert _transport_options(Settings(broker_url="sqla+sqlite:///x.db")) == {}
+
+
+def test_redis_keeps_ingest_results_for_a_day_and_the_embedded_broker_none():
+    redis_app = make_celery(Settings(broker_url="redis://127.0.0.1:6379/3"))
+    assert redis_app.conf.result_backend == "redis://127.0.0.1:6379/3"
+    assert redis_app.conf.result_expires == RESULT_EXPIRES_S == 86_400
+    assert batch_confirmer(redis_app) is not None
+    publisher = make_celery(Settings(broker_url="redis://127.0.0.1:6379/3"), results=False)
+    assert not publisher.conf.result_backend  # a sender never subscribes to result channels
+    embedded = make_celery(Settings(broker_url="sqla+sqlite:///x.db"))
+    assert not embedded.conf.result_backend and batch_confirmer(embedded) is None
+
+
+def test_a_worker_reconnects_to_its_broker_for_as_long_as_it_takes():
+    conf = make_celery(Settings(broker_url="redis://127.0.0.1:6379/3")).conf
+    assert conf.broker_connection_retry and conf.broker_connection_max_retries is None
+
+
+def test_resend_waits_past_the_visibility_timeout_by_default():
+    assert Settings(broker_visibility_timeout_s=120).resolved_resend_after_s == 300
+    assert Settings(broker_visibility_timeout_s=5, resend_after_s=12).resolved_resend_after_s == 12

@@ -1,4 +1,8 @@
-"""Ingest of sampler batches."""
+"""Ingest of sampler batches.
+
+The task keeps its result (Redis only): the node's sampler reads it to confirm that the ledger has
+a batch, and re-sends a batch whose result never appears (a message the broker lost).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,14 @@ from ..queues import INGEST_TASK
 log = logging.getLogger(__name__)
 
 
+class BatchRejected(Exception):  # noqa: N818 — it names the outcome the sampler looks for
+    """A batch the ledger refused as malformed. One plain message argument, so the result backend
+    gives the sampler back this very type and it can tell a rejection from a transient failure."""
+
+
 @app.task(
     name=INGEST_TASK,
+    ignore_result=False,  # the sampler's confirmation (the app's default is to keep none)
     acks_late=True,  # idempotent per (node, seq): a redelivery after a crash counts once
     autoretry_for=(OperationalError, InterfaceError, IntegrityError),  # DB down / lock / race
     retry_backoff=True,
@@ -36,6 +46,6 @@ def ingest_batch(batch: dict) -> dict:
     except InvalidInput as exc:
         # A batch our own sampler wrote should never be malformed: keep it in the log whole.
         log.error("rejected batch %s/%s: %s; batch=%r", batch.get("node"), batch.get("seq"), exc, batch)
-        raise
+        raise BatchRejected(f"batch {batch.get('node')}/{batch.get('seq')}: {exc}") from exc
     return {"node": result.node, "seq": result.seq, "duplicate": result.duplicate,
             "intervals": result.intervals, "energy_mj": result.energy_mj}

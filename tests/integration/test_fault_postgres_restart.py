@@ -1,0 +1,94 @@
+"""PostgreSQL restarted during ingest: the ingest task retries with backoff and every batch ends in
+the ledger exactly once.
+
+Real services: a PostgreSQL cluster of the test's own (stopped with `pg_ctl stop -m fast`, which
+ends the worker's session mid-transaction, then started again), the shared Redis as broker, and a
+real `celery worker` process.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from accounting.clock import US_PER_S, FakeClock
+from accounting.gpu.simulated import SimulatedFleet
+from accounting.gpu.workloads import Training
+from accounting.ledger.models import LedgerEntry, Sample
+from accounting.ledger.reports import conservation_errors, fleet_totals
+from accounting.metering.sampler import Sampler
+from accounting.metering.spool import Spool
+from tests.conftest import REDIS_URL, T0_US
+from tests.integration.conftest import energy_by_gpu, ingested, ingested_seqs, service_env, settings_of, wait_until
+from workers.celery_app import make_celery
+from workers.processes import batch_sender
+
+pytestmark = pytest.mark.integration
+
+NODE = "pg-node"
+BATCHES = 10
+BATCH_S = 300  # 8 GPUs × 300 readings: each ingest holds a transaction for a while
+RETRY = re.compile(r"ledger\.ingest_batch\[([0-9a-f-]+)\] retry: Retry in (\d+)s: OperationalError")
+
+
+def spool_batches(tmp_path) -> list[dict]:
+    clock = FakeClock(T0_US)
+    fleet = SimulatedFleet.build(["H100 SXM"] * 4 + ["A100 SXM"] * 4, clock=clock, seed=5, node="pg")
+    for gpu in fleet.gpus()[:6]:
+        fleet.assign(gpu.uuid, T0_US, T0_US + BATCHES * BATCH_S * US_PER_S, Training())
+    sampler = Sampler(backend=fleet, spool=Spool(tmp_path / "spool"), clock=clock, node=NODE)
+    sent: list[dict] = []
+    for second in range(BATCHES * BATCH_S + 1):
+        clock.set(T0_US + second * US_PER_S)
+        sampler.sample()
+        if second and second % BATCH_S == 0:
+            sampler.flush()
+    assert sampler.ship(sent.append) == BATCHES
+    return sent
+
+
+def test_postgres_restart_during_ingest_retries_with_backoff_and_counts_once(
+    services, pg_cluster, make_workers, tmp_path
+):
+    cluster, engine = pg_cluster
+    env = service_env(tmp_path, database_url=cluster.url, broker_url=REDIS_URL)
+    batches = spool_batches(tmp_path)
+    publish = batch_sender(make_celery(settings_of(env), results=False))
+    for batch in batches:
+        publish(batch)
+    workers = make_workers(env)
+    workers.start()
+
+    wait_until(lambda: ingested(engine) >= 2, 30, "two batches before the restart")
+    cluster.stop("fast")  # ends the worker's session, mid-ingest if it is in one
+    engine.dispose()
+    # Down until one task has been retried three times (each retry waits a random 0..2^n s).
+    wait_until(lambda: max(Counter(t for t, _ in RETRY.findall(workers.logs())).values(), default=0) >= 3,
+               45, "one task to be retried three times while PostgreSQL is down")
+    cluster.start()
+    wait_until(lambda: ingested(engine) == BATCHES, 60, "every batch after the restart")
+
+    logs = workers.logs()
+    retries = RETRY.findall(logs)
+    per_task = Counter(t for t, _ in retries)
+    print(f"{len(retries)} retries of {len(per_task)} tasks (most: {max(per_task.values())}), countdowns "
+          f"{[int(s) for _, s in retries]} s; {logs.count('] succeeded')} ingests succeeded")
+    for task_id in per_task:  # every retried task succeeded in the end, once
+        assert len(re.findall(rf"ledger\.ingest_batch\[{task_id}\] succeeded", logs)) == 1
+
+    assert ingested_seqs(engine, NODE) == list(range(1, BATCHES + 1))
+    sent_mj = sum(i["energy_mj"] for b in batches for i in b["intervals"])
+    samples = energy_by_gpu(engine, Sample)
+    assert sum(samples.values()) == sent_mj  # nothing lost, nothing twice
+    assert energy_by_gpu(engine, LedgerEntry) == samples
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(sa.func.count()).select_from(Sample)).scalar_one()
+    assert rows == sum(len(b["intervals"]) for b in batches)
+    with Session(engine) as session:
+        totals = fleet_totals(session)
+        assert totals.balanced and totals.measured_mj == sent_mj
+        assert conservation_errors(session) == []
