@@ -2,6 +2,7 @@
 
 from sqlmodel import SQLModel
 
+from accounting.auth.models import ApiKey
 from accounting.chargeback.models import CarbonIntensity, EmbodiedCarbon, PricePoint, Site, Statement, Tariff
 from accounting.jobs.models import Allocation, Gpu, Job
 from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample, UnattributedUse
@@ -11,5 +12,5 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "Allocation", "Gpu", "GpuEvent", "IngestedBatch", "Job", "LedgerEntry", "Sample", "UnattributedUse", "WorkReport",
-    "metadata", "CarbonIntensity", "EmbodiedCarbon", "PricePoint", "Site", "Statement", "Tariff",
+    "metadata", "ApiKey", "CarbonIntensity", "EmbodiedCarbon", "PricePoint", "Site", "Statement", "Tariff",
 ]

@@ -1,4 +1,4 @@
-"""The `wattledger` command: demo, up, migrate, worker, sampler, api, import."""
+"""The `wattledger` command: demo, up, migrate, worker, sampler, api, keys, report, import."""
 
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def up() -> None:
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.resolved_database_url)
+    key = first_admin_key(settings.resolved_database_url)
     env = {"WATTLEDGER_HOME": str(settings.home.resolve()),
            "WATTLEDGER_DATABASE_URL": settings.resolved_database_url,
            "WATTLEDGER_BROKER_URL": settings.resolved_broker_url,
@@ -103,12 +104,108 @@ def up() -> None:
     url = f"http://{settings.api_host}:{settings.api_port}"
     console.print(f"WattLedger is up: API {url}  (docs {url}/docs)  database {settings.resolved_database_url}")
     console.print(f"worker log: {settings.home / 'worker.log'}; Ctrl-C stops everything")
+    if key:
+        typer.echo(f"API key: {key}")
+        console.print("  an admin key, made on this first start and shown only now: keep it. Send it as "
+                      "`Authorization: Bearer <key>`; `wattledger keys create` makes more.")
+    else:
+        console.print("an admin API key exists already (`wattledger keys list`); "
+                      "`wattledger keys create --role admin` makes another")
     try:
         uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
     finally:
         stop.set()
         sampler_thread.join(15)
         stop_process(worker_proc)
+
+
+def first_admin_key(database_url: str) -> str | None:
+    """An admin key when the database has no usable one (a first start), else None."""
+    from sqlmodel import Session
+
+    from accounting.auth.service import create_key, has_active_admin
+    from accounting.clock import SystemClock
+    from accounting.db import engine_for
+
+    with Session(engine_for(database_url)) as session:
+        if has_active_admin(session):
+            return None
+        _, key = create_key(session, role="admin", name="first start of wattledger up", clock=SystemClock())
+        session.commit()
+    return key
+
+
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _keys_session():
+    from sqlmodel import Session
+
+    from accounting.db import engine_for
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(settings.resolved_database_url)
+    return Session(engine_for(settings.resolved_database_url), expire_on_commit=False)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin, finance, team or agent.")],
+    team: Annotated[str | None, typer.Option(help="The team a team key sees (required for --role team).")] = None,
+    name: Annotated[str | None, typer.Option(help="A label: who or what holds the key.")] = None,
+) -> None:
+    """Make an API key and print it once; only its SHA-256 is stored."""
+    from accounting.auth.service import create_key
+    from accounting.clock import SystemClock
+    from accounting.errors import InvalidInput
+
+    with _keys_session() as session:
+        try:
+            row, key = create_key(session, role=role, team=team, name=name, clock=SystemClock())
+        except InvalidInput as exc:
+            console.print(f"[red]no key made:[/red] --{exc.field}: {exc.message}")
+            raise typer.Exit(2) from exc
+        session.commit()
+    typer.echo(f"API key: {key}")
+    console.print(f"key id {row.key_id}, role {row.role}" + (f", team {row.team}" if row.team else "") +
+                  ". [yellow]It is not shown again:[/yellow] only its hash is stored.")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key: id, role, team, name, when made and revoked (never the key itself)."""
+    from rich.table import Table
+
+    from accounting.auth.service import list_keys
+
+    with _keys_session() as session:
+        rows = list_keys(session)
+    table = Table(title=f"API keys ({len(rows)})")
+    for column in ("key id", "role", "team", "name", "created", "revoked"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r.key_id, r.role, r.team or "", r.name or "", f"{r.created_at:%Y-%m-%d %H:%M}Z",
+                      f"{r.revoked_at:%Y-%m-%d %H:%M}Z" if r.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id `keys list` shows.")]) -> None:
+    """Revoke a key: the API refuses it (401) from the next request on."""
+    from accounting.auth.service import revoke
+    from accounting.clock import SystemClock
+    from accounting.errors import NotFound
+
+    with _keys_session() as session:
+        try:
+            row = revoke(session, key_id, clock=SystemClock())
+        except NotFound as exc:
+            console.print(f"[red]cannot revoke:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        session.commit()
+    console.print(f"revoked {row.key_id} ({row.role}) at {row.revoked_at:%Y-%m-%d %H:%M:%S}Z")
 
 
 report_app = typer.Typer(help="Reports from the ledger.", no_args_is_help=True)

@@ -20,7 +20,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from accounting import migrations
-from accounting.clock import FakeClock, to_datetime
+from accounting.auth.service import create_key
+from accounting.clock import FakeClock, SystemClock, to_datetime
 from accounting.config import BackendChoice, Settings
 from accounting.db import engine_for, session_scope
 from accounting.demo.scenario import (
@@ -126,6 +127,9 @@ def run_demo(home: Path | None = None, *, quiet: bool = False) -> DemoResult:
     db_url = settings.resolved_database_url
     migrations.upgrade(db_url)
     engine = engine_for(db_url)
+    with session_scope(engine) as session:  # the demo calls its API as an admin would
+        _, key = create_key(session, role="admin", name="wattledger demo", clock=SystemClock())
+        session.commit()
     scenario = foundation_scenario()
     clock = FakeClock(scenario.start_us)
     fleet = build_fleet(scenario, clock)
@@ -142,7 +146,7 @@ def run_demo(home: Path | None = None, *, quiet: bool = False) -> DemoResult:
     try:
         with (
             ApiServer(create_app(settings, engine=engine)) as api,
-            httpx.Client(base_url=api.url, timeout=30) as client,
+            httpx.Client(base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client,
             progress,
         ):
             set_up_site(engine, client, [g.uuid for g in fleet.gpus()])

@@ -376,15 +376,15 @@ def group_key(group_by: GroupBy, e: JobEfficiency) -> str:
 
 
 def efficiency_by(session: Session, *, group_by: GroupBy, start: datetime, end: datetime,
-                  clock: Clock | None = None) -> list[GroupEfficiency]:
+                  clock: Clock | None = None, team: str | None = None) -> list[GroupEfficiency]:
     """Σ FLOPs, energy, GPU-seconds, capacity, tokens per group → the same ratios as a job's,
     largest energy first. A job on GPUs of several models is grouped by model as MIXED. With a
-    clock, open allocations end now; without one, at the period's end."""
+    clock, open allocations end now; without one, at the period's end. `team`: its jobs only."""
     totals: dict[str, _Totals] = defaultdict(_Totals)
     jobs: dict[str, int] = defaultdict(int)
     provenance: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     usages = collect(session, to_us(start), to_us(end), now_us=clock.now_us() if clock else None)
-    for e in evaluate(session, usages):
+    for e in evaluate(session, [u for u in usages if team is None or u.job.team == team]):
         key = group_key(group_by, e)
         f = e.figures
         totals[key].add(e.usage, f.flops, f.tokens, f.samples)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 from enum import StrEnum
+from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 
+from accounting.auth.models import Role
+from accounting.auth.scope import team_view
+from accounting.auth.service import Principal
 from accounting.chargeback.statements import (
     build_statement,
     check_choices,
@@ -19,6 +23,7 @@ from accounting.chargeback.statements import (
     to_csv,
 )
 
+from ..auth import Reader, forbid_team, require
 from ..deps import ClockDep, SessionDep
 
 router = APIRouter(tags=["chargeback"])
@@ -58,6 +63,7 @@ def _answer(content: dict, *, statement_id: int | None, content_hash: str | None
 def get_chargeback(
     session: SessionDep,
     clock: ClockDep,
+    principal: Reader,
     period: str = PERIOD,
     group_by: str = GROUP_BY,
     idle_policy: str = IDLE_POLICY,
@@ -66,9 +72,12 @@ def get_chargeback(
 ):
     """Per group: IT and facility energy, GPU-hours, cost (per currency), location- and market-based
     CO2e, embodied CO2e, useful work, waste; the reconciliation to metered energy; adjustments for
-    late data of finalized months. The final statement when one is stored, else the open one."""
+    late data of finalized months. The final statement when one is stored, else the open one.
+    A team key reads its own team's lines only (group_by=team), with a `scope` that says so."""
     parse_period(period)
     check_choices(group_by, idle_policy)
+    if group_by != "team":
+        forbid_team(principal, "projects and cost centers span teams; use group_by=team")
     stored = final_statement(session, period=period, group_by=group_by, idle_policy=idle_policy)
     if stored is not None:
         stored = get_statement(session, stored.id)  # verifies the hash
@@ -76,6 +85,8 @@ def get_chargeback(
     else:
         content = build_statement(session, period=period, group_by=group_by, idle_policy=idle_policy, clock=clock)
         statement_id = digest = None
+    if principal.is_team:
+        content = team_view(content, principal.team)
     name = f"chargeback-{period}-{group_by}-{idle_policy}"
     if format == Format.csv:
         return Response(to_csv(content), media_type="text/csv",
@@ -92,8 +103,9 @@ def get_chargeback(
 
 
 @router.post("/statements/{period}/finalize", status_code=201)
-def post_finalize(session: SessionDep, clock: ClockDep, period: str, group_by: str = GROUP_BY,
-                  idle_policy: str = IDLE_POLICY) -> dict:
+def post_finalize(session: SessionDep, clock: ClockDep,
+                  _: Annotated[Principal, Depends(require(Role.admin, Role.finance))],
+                  period: str, group_by: str = GROUP_BY, idle_policy: str = IDLE_POLICY) -> dict:
     """Store the month's statement as final: immutable, with the sha256 of its canonical JSON.
     Finalizing again returns the stored statement."""
     parse_period(period)
@@ -109,7 +121,10 @@ def post_finalize(session: SessionDep, clock: ClockDep, period: str, group_by: s
 
 
 @router.get("/statements/{statement_id}")
-def get_stored_statement(session: SessionDep, statement_id: int, unit: Unit = Unit.kWh) -> dict:
-    """A stored statement as it was finalized (never recomputed), its hash verified."""
+def get_stored_statement(session: SessionDep, principal: Reader, statement_id: int, unit: Unit = Unit.kWh) -> dict:
+    """A stored statement as it was finalized (never recomputed), its hash verified. It holds every
+    team's lines and its hash covers them all, so team keys read their part with GET /v1/chargeback."""
+    forbid_team(principal, "a stored statement holds every team's lines; read your team's part with "
+                "GET /v1/chargeback?period=YYYY-MM&group_by=team")
     statement = get_statement(session, statement_id)
     return _answer(statement.content, statement_id=statement.id, content_hash=statement.content_hash, unit=unit)

@@ -16,6 +16,7 @@ from accounting.ledger.grouping import GroupBy
 from accounting.work.efficiency import efficiency_by, job_efficiency, whole_hours
 from accounting.work.waste import Thresholds, find_waste
 
+from ..auth import Reader
 from ..deps import ClockDep, SessionDep, check_period
 
 router = APIRouter(tags=["efficiency"])
@@ -99,12 +100,14 @@ def _whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
 def get_efficiency(
     session: SessionDep,
     clock: ClockDep,
+    principal: Reader,
     from_: datetime = Query(alias="from", **PERIOD),
     to: datetime = Query(description="End of the period, exclusive."),
     group_by: GroupBy = GroupBy.team,
 ):
     check_period(from_, to)
-    groups = efficiency_by(session, group_by=group_by, start=from_, end=to, clock=clock)
+    # A team key's groups are made of its own jobs, whatever the grouping.
+    groups = efficiency_by(session, group_by=group_by, start=from_, end=to, clock=clock, team=principal.team)
     start, end = _whole_hours(from_, to)
     return EfficiencyAnswer(
         group_by=group_by, start=start, end=end, units=UNITS,
@@ -142,11 +145,12 @@ class WasteAnswer(BaseModel):
 def get_waste(
     session: SessionDep,
     clock: ClockDep,
+    principal: Reader,
     from_: datetime = Query(alias="from", **PERIOD),
     to: datetime = Query(description="End of the period, exclusive."),
 ):
     check_period(from_, to)
-    findings = find_waste(session, from_, to, clock=clock)
+    findings = [f for f in find_waste(session, from_, to, clock=clock) if principal.sees_team(f.team)]
     start, end = _whole_hours(from_, to)
     return WasteAnswer(
         start=start, end=end, energy_at_stake_j=sum(f.energy_at_stake_j for f in findings),

@@ -7,12 +7,14 @@ from datetime import datetime
 import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
-from accounting.jobs.models import Gpu
-from accounting.ledger.grouping import TREATMENT, GroupBy, IdlePolicy, energy_by_group
+from accounting.jobs.models import Gpu, Job
+from accounting.ledger.grouping import TREATMENT, EnergyReport, GroupBy, IdlePolicy, energy_by_group
 from accounting.ledger.models import UnattributedUse
 from accounting.units import EnergyUnit, energy_from_mj
 
+from ..auth import FleetReader, Reader, forbid_team
 from ..deps import SessionDep, check_period
 
 router = APIRouter(tags=["energy"])
@@ -44,9 +46,19 @@ class EnergyAnswer(BaseModel):
     total_mj: int
 
 
+def _own_groups(session: Session, report: EnergyReport, team: str) -> None:
+    """Keep the groups made only of `team`'s jobs: a project or job of another team, or one shared
+    with another team, is left out; the period's totals stay the fleet's."""
+    ids = {i for g in report.groups for i in g.jobs}
+    j = Job.__table__
+    teams = dict(session.execute(sa.select(j.c.id, j.c.team).where(j.c.id.in_(ids))).all()) if ids else {}
+    report.groups = [g for g in report.groups if g.jobs and all(teams.get(i) == team for i in g.jobs)]
+
+
 @router.get("/energy", response_model=EnergyAnswer)
 def get_energy(
     session: SessionDep,
+    principal: Reader,
     from_: datetime = Query(alias="from", description="Start of the period (whole UTC hours are counted)."),
     to: datetime = Query(description="End of the period, exclusive."),
     group_by: GroupBy = GroupBy.team,
@@ -54,7 +66,11 @@ def get_energy(
     unit: EnergyUnit = EnergyUnit.kWh,
 ):
     check_period(from_, to)
+    if group_by == GroupBy.gpu_model:
+        forbid_team(principal, "a GPU model's energy mixes teams; group by team, project or job")
     report = energy_by_group(session, group_by=group_by, idle_policy=idle_policy, start=from_, end=to)
+    if principal.is_team:
+        _own_groups(session, report, principal.team)
     return EnergyAnswer(
         group_by=group_by, idle_policy=idle_policy, idle_treatment=TREATMENT[idle_policy], unit=unit,
         start=from_, end=to,
@@ -81,6 +97,7 @@ class UnattributedProcess(BaseModel):
 @router.get("/unattributed", response_model=list[UnattributedProcess])
 def get_unattributed(
     session: SessionDep,
+    _: FleetReader,  # other people's pids and user names: not for team keys
     from_: datetime = Query(alias="from"),
     to: datetime = Query(),
     limit: int = Query(1000, ge=1, le=10_000),

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from ..auth import maybe_principal
 from ..deps import SessionDep
 
-router = APIRouter(tags=["health"])
+# Probes are public unless WATTLEDGER_API_PUBLIC_HEALTH=false; then any valid key may call them.
+
+
+def probe_access(request: Request, session: SessionDep) -> None:
+    maybe_principal(request, session, public=request.app.state.settings.api_public_health)
+
+
+router = APIRouter(tags=["health"], dependencies=[Depends(probe_access)])
 
 
 @router.get("/healthz")

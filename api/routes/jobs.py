@@ -3,30 +3,54 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, Field
+from sqlmodel import select
 
+from accounting.auth.models import Role
+from accounting.auth.service import Principal
+from accounting.errors import Conflict
 from accounting.jobs import service
-from accounting.jobs.models import JobCreate, JobFinish, JobPublic
+from accounting.jobs.models import Job, JobCreate, JobFinish, JobPublic
 from accounting.ledger.reports import job_energy
 from accounting.units import EnergyUnit, energy_from_mj
 
+from ..auth import Reader, require, visible_job
 from ..deps import ClockDep, JobId, SessionDep
 from .efficiency import JobEfficiencyPublic, job_efficiency_public
 
 router = APIRouter(tags=["jobs"])
 
+# The Slurm prolog and epilog (agent keys) register and finish jobs of every team; after a 409
+# the prolog reads the job back to see whether its node's GPUs are in it (multi-node jobs).
+Writer = Annotated[Principal, Depends(require(Role.admin, Role.team, Role.agent))]
+JobReader = Annotated[Principal, Depends(require(Role.admin, Role.finance, Role.team, Role.agent))]
+
+
+def _check_own_team(session, principal: Principal, data: JobCreate) -> None:
+    if not principal.is_team:
+        return
+    if data.team != principal.team:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail=f"team keys register jobs of their own team only: `team` must be {principal.team!r}")
+    clash = session.exec(select(Job).where(Job.source == data.source, Job.external_id == data.external_id)).first()
+    if clash is not None and clash.team != principal.team:  # say it exists (it must be unique), not its id
+        raise Conflict(f"job {data.source}/{data.external_id} exists")
+
 
 @router.post("/jobs", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
-def create_job(data: JobCreate, session: SessionDep, clock: ClockDep):
+def create_job(data: JobCreate, session: SessionDep, clock: ClockDep, principal: Writer):
+    _check_own_team(session, principal, data)
     job = service.create_job(session, data, clock=clock)
     session.commit()
     return service.to_public(job, data.gpu_uuids)
 
 
 @router.post("/jobs/{job_id}/finish", response_model=JobPublic)
-def finish_job(job_id: JobId, session: SessionDep, clock: ClockDep, data: JobFinish | None = None):
+def finish_job(job_id: JobId, session: SessionDep, clock: ClockDep, principal: Writer, data: JobFinish | None = None):
+    visible_job(session, principal, job_id)
     job = service.finish_job(session, job_id, data.ended_at if data else None, clock=clock)
     session.commit()
     return service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
@@ -37,8 +61,8 @@ class JobDetail(JobPublic):
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail)
-def get_job(job_id: JobId, session: SessionDep, clock: ClockDep):
-    job = service.get_job(session, job_id)
+def get_job(job_id: JobId, session: SessionDep, clock: ClockDep, principal: JobReader):
+    job = visible_job(session, principal, job_id)
     public = service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
     return JobDetail(**public.model_dump(), efficiency=job_efficiency_public(session, job, clock=clock))
 
@@ -46,12 +70,17 @@ def get_job(job_id: JobId, session: SessionDep, clock: ClockDep):
 @router.get("/jobs", response_model=list[JobPublic])
 def list_jobs(
     session: SessionDep,
-    team: str | None = Query(None, max_length=200),
+    principal: Reader,
+    team: str | None = Query(None, max_length=200, description="A team key sees its own team's jobs only."),
     from_: datetime | None = Query(None, alias="from", description="Jobs running at or after this time."),
     to: datetime | None = Query(None, description="Jobs started before this time."),
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ):
+    if principal.is_team:
+        if team is not None and team != principal.team:
+            return []
+        team = principal.team
     jobs = service.list_jobs(session, team=team, active_from=from_, active_to=to, limit=limit, offset=offset)
     uuids = service.gpu_uuids_of(session, [j.id for j in jobs])
     return [service.to_public(j, uuids[j.id]) for j in jobs]
@@ -82,8 +111,8 @@ class JobEnergyPublic(BaseModel):
 
 
 @router.get("/jobs/{job_id}/energy", response_model=JobEnergyPublic)
-def get_job_energy(job_id: JobId, session: SessionDep, unit: EnergyUnit = EnergyUnit.J):
-    job = service.get_job(session, job_id)
+def get_job_energy(job_id: JobId, session: SessionDep, principal: Reader, unit: EnergyUnit = EnergyUnit.J):
+    job = visible_job(session, principal, job_id)
     uuids = service.gpu_uuids_of(session, [job_id])[job_id]
     energy = job_energy(session, job.id)
     return JobEnergyPublic(

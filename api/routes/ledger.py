@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from accounting.ledger.reports import fleet_totals
 from accounting.units import EnergyUnit, energy_from_mj
 
+from ..auth import Reader
 from ..deps import SessionDep
 
 router = APIRouter(tags=["ledger"])
@@ -27,7 +28,7 @@ class LedgerTotals(BaseModel):
 
 
 @router.get("/ledger/totals", response_model=LedgerTotals)
-def get_totals(session: SessionDep, unit: EnergyUnit = EnergyUnit.J):
+def get_totals(session: SessionDep, _: Reader, unit: EnergyUnit = EnergyUnit.J):
     totals = fleet_totals(session)
     return LedgerTotals(
         unit=unit,

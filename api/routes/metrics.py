@@ -3,7 +3,8 @@
 A fresh registry with one custom collector per request: no process-global metric state, so any
 number of API processes answer the same. Labels are bounded by the fleet (GPU, node, site), a fixed
 set (account kind) or the registered Celery task names; nothing is labelled per job, team or user,
-so finished jobs add no series. Public, like every route (no authentication exists yet).
+so finished jobs add no series. Public unless WATTLEDGER_API_PUBLIC_METRICS=false; then any valid
+API key may scrape it (Prometheus: `authorization: {credentials_file: …}`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector
 from accounting.config import get_settings
 from accounting.metrics import TASK_FAILURES_KEY, Snapshot, snapshot
 
+from ..auth import maybe_principal
 from ..deps import ClockDep, SessionDep
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,8 @@ class SnapshotCollector(Collector):
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(session: SessionDep, clock: ClockDep, failure_store: FailureStoreDep) -> Response:
+def metrics(request: Request, session: SessionDep, clock: ClockDep, failure_store: FailureStoreDep) -> Response:
+    maybe_principal(request, session, public=request.app.state.settings.api_public_metrics)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(snapshot(session, now_us=clock.now_us()), read_task_failures(failure_store)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 
 from accounting.analytics.service import parse_period, rebound_report
 
+from ..auth import FleetReader
 from ..deps import SessionDep
 
 router = APIRouter(tags=["rebound"])
@@ -14,6 +15,7 @@ router = APIRouter(tags=["rebound"])
 @router.get("/rebound")
 def get_rebound(
     session: SessionDep,
+    _: FleetReader,  # a fleet analysis whose cohorts name every team: not for team keys
     baseline: str = Query(description="FROM/TO, e.g. 2025-01-01/2025-04-01 (dates are UTC)."),
     current: str = Query(description="FROM/TO of the period to compare with the baseline."),
     cohort: str = Query("gpu_model", max_length=100,

@@ -10,20 +10,21 @@ from accounting.chargeback.models import EmbodiedCarbon, Site
 from accounting.errors import InvalidInput
 from accounting.gpu.specs import get_spec
 
+from ..auth import Admin, Reader
 from ..deps import ClockDep, SessionDep
 
 router = APIRouter(tags=["sites"])
 
 
 @router.post("/sites", response_model=Site, status_code=status.HTTP_201_CREATED)
-def create_site(data: sites.SiteCreate, session: SessionDep):
+def create_site(data: sites.SiteCreate, session: SessionDep, _: Admin):
     site = sites.create_site(session, data)
     session.commit()
     return site
 
 
 @router.get("/sites", response_model=list[Site])
-def list_sites(session: SessionDep):
+def list_sites(session: SessionDep, _: Reader):
     return sites.list_sites(session)
 
 
@@ -32,7 +33,7 @@ class Placement(BaseModel):
 
 
 @router.post("/sites/{name}/gpus")
-def place_gpus(name: str, data: Placement, session: SessionDep, clock: ClockDep) -> dict:
+def place_gpus(name: str, data: Placement, session: SessionDep, clock: ClockDep, _: Admin) -> dict:
     placed = sites.place_gpus(session, name, data.gpu_uuids, clock=clock)
     session.commit()
     return {"site": name, "gpus": placed}
@@ -44,7 +45,7 @@ class EmbodiedIn(BaseModel):
 
 
 @router.put("/embodied/{gpu_model}", response_model=EmbodiedCarbon)
-def set_embodied(gpu_model: str, data: EmbodiedIn, session: SessionDep):
+def set_embodied(gpu_model: str, data: EmbodiedIn, session: SessionDep, _: Admin):
     """Scope 3: a GPU model's embodied carbon, charged per GPU-hour as a separate statement line."""
     if get_spec_or_none(gpu_model) is None:
         raise InvalidInput("gpu_model", f"not a catalog model: {gpu_model!r}")

@@ -8,15 +8,18 @@ does; in JavaScript, a BigInt-aware parser).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, Field
 
-from accounting.jobs.service import get_job
+from accounting.auth.models import Role
+from accounting.auth.service import Principal
 from accounting.work import service
 from accounting.work.estimates import model_estimate_flops
 from accounting.work.models import Provenance, WorkReport, WorkReportCreate, WorkReportPublic
 
+from ..auth import Reader, require, visible_job
 from ..deps import ClockDep, JobId, SessionDep
 
 router = APIRouter(tags=["work"])
@@ -60,8 +63,10 @@ def _public(report: WorkReport, duplicate: bool = False) -> WorkReportPublic:
     responses={200: {"model": WorkReportPublic, "description": "A repeat of a stored key: the stored report, "
                      "with `duplicate: true`; nothing changed."}},
 )
-def report_work(job_id: JobId, data: WorkReportCreate, session: SessionDep, clock: ClockDep, response: Response):
+def report_work(job_id: JobId, data: WorkReportCreate, session: SessionDep, clock: ClockDep, response: Response,
+                principal: Annotated[Principal, Depends(require(Role.admin, Role.team))]):
     """Report work done since the previous report (an increment). Retries with the same key count once."""
+    visible_job(session, principal, job_id)
     report, duplicate = service.record_work(session, job_id, data, clock=clock)
     if duplicate:
         response.status_code = status.HTTP_200_OK
@@ -71,10 +76,10 @@ def report_work(job_id: JobId, data: WorkReportCreate, session: SessionDep, cloc
 
 
 @router.get("/jobs/{job_id}/work", response_model=JobWorkPublic)
-def read_work(job_id: JobId, session: SessionDep, limit: int = Query(1000, ge=1, le=10_000),
+def read_work(job_id: JobId, session: SessionDep, principal: Reader, limit: int = Query(1000, ge=1, le=10_000),
               offset: int = Query(0, ge=0)):
     """A job's work reports and their totals (over all reports, whatever page is shown)."""
-    job = get_job(session, job_id)
+    job = visible_job(session, principal, job_id)
     totals = service.work_totals(session, [job_id])[job_id]
     tokens = totals.tokens if "tokens" in totals.figures else None
     estimate = model_estimate_flops(job, tokens)

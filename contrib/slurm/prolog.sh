@@ -48,6 +48,17 @@ wl_init() {
     fi
     WL_API=${WATTLEDGER_API_URL%/}
     WL_STATE=$WATTLEDGER_SLURM_STATE_DIR/$WL_JOB
+    wl_read_key
+}
+
+wl_read_key() {  # WATTLEDGER_API_KEY, else the first line of WATTLEDGER_API_KEY_FILE (root-only, 0600)
+    local file=${WATTLEDGER_API_KEY_FILE:-/etc/wattledger/agent.key}
+    [[ -n ${WATTLEDGER_API_KEY:-} ]] && return 0
+    if [[ -r $file ]]; then
+        IFS= read -r WATTLEDGER_API_KEY <"$file" || true
+    elif [[ -n ${WATTLEDGER_API_KEY_FILE:-} ]]; then
+        wl_log warning "cannot read the API key file $file; calling the API without a key"
+    fi
 }
 
 wl_log() {  # wl_log <syslog level> <message>

@@ -2,7 +2,8 @@
 
 One server per test session; every test starts and ends with empty tables. The server's clock
 stands still at API_NOW_US, six hours after T0, so every time a test uses is in the past
-unless it says otherwise.
+unless it says otherwise. `api` carries an admin key; `client_for(role, team)` gives clients
+with keys of other roles.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from accounting.auth.service import create_key
 from accounting.clock import US_PER_HOUR, FakeClock, to_datetime
 from accounting.config import Settings
 from accounting.ledger.service import IngestResult, ingest_batch
@@ -43,8 +45,18 @@ def _no_server_error(response: httpx.Response) -> None:
                              f"{response.status_code}: {response.text}")
 
 
-def http_client(base_url: str) -> httpx.Client:
-    return httpx.Client(base_url=base_url, timeout=15, event_hooks={"response": [_no_server_error]})
+def http_client(base_url: str, key: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=base_url, timeout=15, headers=headers,
+                        event_hooks={"response": [_no_server_error]})
+
+
+def new_key(engine: sa.Engine, role: str, team: str | None = None, *, clock: FakeClock | None = None) -> str:
+    """A key of `role` (and `team`), committed as `wattledger keys create` does."""
+    with Session(engine) as session:
+        _, key = create_key(session, role=role, team=team, name=f"test {role}", clock=clock or FakeClock(T0_US))
+        session.commit()
+    return key
 
 
 # Calls and readings shared by the API tests.
@@ -107,11 +119,27 @@ def api_server(pg_engine: sa.Engine, api_clock: FakeClock, tmp_path_factory) -> 
 
 @pytest.fixture
 def api(api_server: ApiServer, pg_engine: sa.Engine) -> Iterator[httpx.Client]:
-    """An HTTP client of the served app; the tables are emptied before and after the test."""
+    """An HTTP client of the served app with an admin key; the tables (keys too) are emptied
+    before and after the test."""
     truncate_all(pg_engine)
-    with http_client(api_server.url) as client:
+    with http_client(api_server.url, new_key(pg_engine, "admin")) as client:
         yield client
     truncate_all(pg_engine)
+
+
+@pytest.fixture
+def client_for(api: httpx.Client, api_server: ApiServer, pg_engine: sa.Engine
+               ) -> Iterator[Callable[..., httpx.Client]]:
+    """client_for(role, team=None): a client with a new key of that role, for this test."""
+    clients: list[httpx.Client] = []
+
+    def _client(role: str, team: str | None = None) -> httpx.Client:
+        clients.append(http_client(api_server.url, new_key(pg_engine, role, team)))
+        return clients[-1]
+
+    yield _client
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture

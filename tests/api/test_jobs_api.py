@@ -232,11 +232,11 @@ def test_a_retried_finish_changes_nothing_and_another_end_is_409(api, ingest):
 
 # ── concurrent callers ───────────────────────────────────────────────────────────────────
 
-def concurrently(url: str, calls: int, call) -> list[int]:
+def concurrently(url: str, calls: int, call, headers) -> list[int]:
     """The status codes of `calls` requests sent at once, each on its own connection."""
 
     def one(k: int) -> int:
-        with httpx.Client(base_url=url, timeout=15) as client:
+        with httpx.Client(base_url=url, timeout=15, headers=headers) as client:
             return call(client, k).status_code
 
     with ThreadPoolExecutor(calls) as pool:
@@ -250,7 +250,7 @@ def test_simultaneous_registrations_of_one_job_give_one_201_and_409s(api, api_se
         def post_the_same_job(client, _, body=body):
             return client.post("/v1/jobs", json=body)
 
-        codes = concurrently(api_server.url, 8, post_the_same_job)
+        codes = concurrently(api_server.url, 8, post_the_same_job, api.headers)
         assert codes == [201] + [409] * 7
 
 
@@ -261,7 +261,7 @@ def test_simultaneous_finishes_at_different_times_give_one_200_and_409s(api, api
         def finish_at_its_own_second(client, k, job_id=job_id):
             return finish(client, job_id, T0_US + (k + 1) * S)
 
-        codes = concurrently(api_server.url, 6, finish_at_its_own_second)
+        codes = concurrently(api_server.url, 6, finish_at_its_own_second, api.headers)
         assert codes == [200] + [409] * 5
 
 

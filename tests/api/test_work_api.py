@@ -124,7 +124,7 @@ def test_concurrent_twins_of_a_key_store_one_report(api, api_server):
     job_id = register(api, "run-1", ["GPU-a"], T0_US)["id"]
 
     def send(_):
-        with http_client(api_server.url) as client:
+        with http_client(api_server.url, api.headers["Authorization"].removeprefix("Bearer ")) as client:
             return post_work(client, job_id, "twin", flops=10**20).status_code
 
     with ThreadPoolExecutor(8) as pool:

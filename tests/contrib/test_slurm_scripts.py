@@ -1,7 +1,8 @@
 """The Slurm prolog and epilog, run for real with bash against the API served over HTTP.
 
 The scripts get what slurmd gives them — Slurm's variables and no PATH — and read their
-settings from a config file, as on a node. nvidia-smi is faked through WATTLEDGER_GPU_UUIDS_CMD.
+settings from a config file and an agent API key from a key file, as on a node. nvidia-smi is
+faked through WATTLEDGER_GPU_UUIDS_CMD.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from accounting.clock import SystemClock
 from accounting.config import Settings
 from api.main import create_app
+from tests.api.conftest import new_key
 from tests.conftest import PG_URL, truncate_all
 from workers.processes import ApiServer, free_port
 
@@ -66,30 +68,37 @@ def api_url(served) -> str:
 
 @pytest.fixture
 def api(api_url: str, pg_engine: sa.Engine) -> Iterator[httpx.Client]:
+    """An admin's client, on emptied tables (API keys too)."""
     truncate_all(pg_engine)
-    with httpx.Client(base_url=api_url, timeout=15) as client:
+    with httpx.Client(base_url=api_url, timeout=15,
+                      headers={"Authorization": f"Bearer {new_key(pg_engine, 'admin')}"}) as client:
         yield client
     truncate_all(pg_engine)
 
 
 @pytest.fixture
-def node(tmp_path: Path, api_url: str):
-    """A compute node: a config file, a state directory, a fake nvidia-smi."""
+def node(tmp_path: Path, api_url: str, api, pg_engine):
+    """A compute node: a config file, an agent key in a root-only file, a state directory, a fake
+    nvidia-smi."""
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.parent.mkdir()
     smi.write_text(FAKE_NVIDIA_SMI)
     smi.chmod(0o755)
     config = tmp_path / "slurm.env"
     state = tmp_path / "run" / "wattledger" / "slurm"
+    key_file = tmp_path / "agent.key"
+    key_file.write_text(new_key(pg_engine, "agent") + "\n")
+    key_file.chmod(0o600)
     config.write_text(
         "# WattLedger on this node\n"
         f"WATTLEDGER_API_URL={api_url}/\n"
+        f"WATTLEDGER_API_KEY_FILE={key_file}\n"
         f'WATTLEDGER_SLURM_STATE_DIR="{state}"\n'
         f"WATTLEDGER_GPU_UUIDS_CMD={smi} --query-gpu=uuid --format=csv,noheader -i\n"
         "WATTLEDGER_SLURM_SYSLOG=0\n"
         "NOT_OURS=ignored\n"
     )
-    return {"config": config, "state": state, "smi": smi}
+    return {"config": config, "state": state, "smi": smi, "key_file": key_file}
 
 
 def slurm_env(node, job_id: str = "48121", **extra: str) -> dict[str, str]:
@@ -213,17 +222,34 @@ def test_the_epilog_registers_late_what_the_prolog_could_not(api, node):
     assert slurm_jobs(api)[0]["ended_at"] == job["ended_at"]
 
 
-def test_the_api_key_is_sent_as_a_bearer_token(api, node, served):
+def test_the_key_file_s_agent_key_is_sent_as_a_bearer_token(api, node, served):
     authorizations = served[1]
     authorizations.clear()
-    key = 's3cr"et\\key'
-    assert run(PROLOG, slurm_env(node, WATTLEDGER_API_KEY=key)).returncode == 0
-    assert run(EPILOG, slurm_env(node, WATTLEDGER_API_KEY=key)).returncode == 0
+    assert run(PROLOG, slurm_env(node)).returncode == 0
+    assert run(EPILOG, slurm_env(node)).returncode == 0
+    key = node["key_file"].read_text().strip()
     assert authorizations == [f"Bearer {key}"] * 2
     assert slurm_jobs(api)[0]["ended_at"] is not None
+
+
+def test_a_key_in_the_environment_wins_and_is_sent_as_it_is(api, node, served):
+    authorizations = served[1]
     authorizations.clear()
-    run(PROLOG, slurm_env(node, "2"))
-    assert authorizations == [None]
+    key = 's3cr"et\\key'  # quotes and backslashes reach the server intact (curl reads it from stdin)
+    result = run(PROLOG, slurm_env(node, WATTLEDGER_API_KEY=key))
+    assert result.returncode == 0
+    assert authorizations == [f"Bearer {key}"]
+    assert "not registered: HTTP 401" in result.stderr and slurm_jobs(api) == []
+
+
+def test_without_a_key_the_api_refuses_and_the_job_still_runs(api, node, served, tmp_path):
+    authorizations = served[1]
+    authorizations.clear()
+    missing = tmp_path / "no.key"
+    result = run(PROLOG, slurm_env(node, WATTLEDGER_API_KEY_FILE=str(missing)))
+    assert result.returncode == 0 and authorizations == [None]
+    assert f"cannot read the API key file {missing}" in result.stderr
+    assert "not registered: HTTP 401" in result.stderr and slurm_jobs(api) == []
 
 
 def test_settings_in_the_environment_win_over_the_config_file(api, node, tmp_path):

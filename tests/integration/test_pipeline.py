@@ -1,5 +1,6 @@
 """The whole pipeline on real services: simulated fleet → sampler → Redis → a real Celery
-worker → PostgreSQL ledger, with jobs registered over HTTP, checked against ground truth."""
+worker → PostgreSQL ledger, with jobs registered over HTTP (an agent key, as the Slurm prolog
+holds) and read back by the job's team, checked against ground truth."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from accounting.ledger.reports import conservation_errors, fleet_totals
 from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool
 from api.main import create_app
+from tests.api.conftest import new_key
 from tests.conftest import T0_US
 from tests.integration.conftest import ingested, wait_until
 from workers.celery_app import make_celery
@@ -41,7 +43,9 @@ def test_jobs_get_their_true_energy_and_the_ledger_reconciles(settings, workers,
     workers.start()
 
     job_ids = {}
-    with ApiServer(create_app(settings, engine=pg_engine, clock=clock)) as api, httpx.Client(base_url=api.url) as http:
+    agent, team = new_key(pg_engine, "agent"), new_key(pg_engine, "team", "it")
+    with (ApiServer(create_app(settings, engine=pg_engine, clock=clock)) as api,
+          httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {agent}"}) as http):
         for second in range(0, 30 * 60 + 1):
             clock.set(T0_US + second * US_PER_S)
             for name, (indices, start, end, _) in JOBS.items():
@@ -64,6 +68,8 @@ def test_jobs_get_their_true_energy_and_the_ledger_reconciles(settings, workers,
         assert sampler.spool.depth() == 0
         shipped = sampler.next_seq - 1
         wait_until(lambda: ingested(pg_engine) == shipped, 60, f"{shipped} batches to be ingested")
+        assert http.get(f"/v1/jobs/{job_ids['train']}/energy").status_code == 403  # agents only write
+        http.headers["Authorization"] = f"Bearer {team}"
 
         for name, (indices, start, end, _) in JOBS.items():
             truth_j = sum(fleet.true_energy_j(gpus[i].uuid, T0_US + start * MIN, T0_US + end * MIN) for i in indices)
