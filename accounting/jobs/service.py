@@ -47,7 +47,10 @@ def create_job(session: Session, data: JobCreate, *, clock: Clock) -> Job:
 
 
 def get_job(session: Session, job_id: int, *, for_update: bool = False) -> Job:
-    job = session.get(Job, job_id, with_for_update=for_update)
+    # FOR NO KEY UPDATE: concurrent finishes still queue on the row, but ingest, which takes the
+    # GPU locks first and then a foreign-key share lock on the job, is not blocked — with FOR
+    # UPDATE the two took their locks in opposite orders and deadlocked.
+    job = session.get(Job, job_id, with_for_update={"key_share": True} if for_update else None)
     if job is None:
         raise NotFound("job", job_id)
     return job
