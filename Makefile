@@ -19,6 +19,15 @@ test: $(STAMP)
 	./scripts/services.sh
 	$(BIN)/python -m pytest
 
+# The quick load benchmarks (~3 minutes on 2 cores) against the `bench` database, which they
+# rebuild; figures in docs/benchmarks.md. The rest: `$(BIN)/python -m bench --help`.
+bench: $(STAMP)
+	./scripts/services.sh
+	psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'bench'" | grep -q 1 \
+		|| createdb -h 127.0.0.1 -U postgres bench
+	$(BIN)/python -m bench api-load --requests 5000 --concurrency 16 --duration-s 30
+	$(BIN)/python -m bench ingest-load --rate-readings-s 1500 --duration-s 30 --workers 2
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

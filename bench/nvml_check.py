@@ -163,11 +163,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON result path")
     parser.add_argument("--seconds", type=float, default=20.0, help="sampling time (default 20)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         backend = NvmlBackend(SystemClock())
     except GpuError as err:
