@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from sqlmodel import Session
 
 from accounting.clock import Clock
+from accounting.config import Settings
 from accounting.errors import InvalidInput
+from accounting.validation import MAX_ID
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -22,10 +24,18 @@ def get_clock(request: Request) -> Clock:
     return request.app.state.clock
 
 
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
-# Ids are 64-bit in the database: a larger number is a 422 naming `job_id`, not a 500.
-JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The job's id, as POST /v1/jobs answered it.")]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+# Ids are 32-bit INTEGER columns: a larger number is a 422 naming the id, not a 500 from the database.
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id, as POST /v1/jobs answered it.")]
+StatementId = Annotated[int, Path(ge=1, le=MAX_ID, description="A stored statement's id.")]
+# Rows to skip: more than an id can count is a mistake (and past 2^63 a database error).
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 
 
 def check_period(start: datetime, end: datetime) -> None:

@@ -10,7 +10,7 @@ from accounting.clock import Clock, SystemClock
 from accounting.config import Settings, get_settings
 from accounting.db import engine_for
 
-from . import auth, errors
+from . import auth, errors, limits
 from .routes import chargeback, efficiency, energy, gpus, health, jobs, ledger, metrics, rebound, sites, work
 
 
@@ -29,8 +29,9 @@ def create_app(
     app.state.engine = engine or engine_for(settings.resolved_database_url)
     app.state.clock = clock or SystemClock()
     errors.install(app)
+    limits.install(app, settings)
     app.include_router(health.router, responses={401: auth.RESPONSES[401]})
     app.include_router(metrics.router)
     for module in (jobs, work, gpus, ledger, energy, efficiency, rebound, chargeback, sites):
-        app.include_router(module.router, prefix="/v1", responses=auth.RESPONSES)
+        app.include_router(module.router, prefix="/v1", responses={**auth.RESPONSES, **errors.EVERY_ROUTE})
     return app

@@ -13,22 +13,32 @@ from accounting.clock import Clock
 from accounting.errors import Conflict, InvalidInput, NotFound
 from accounting.jobs.models import Gpu
 from accounting.ledger.service import register_gpus
+from accounting.validation import MAX_ID, NO_NUL
 
 from .models import Site, Tariff
 
+MAX_FLAT_PRICE = Decimal(1000)  # per kWh, in any currency: more is a unit or typing mistake
+_NO_NUL = {"pattern": NO_NUL}
+_FINITE = {"allow_inf_nan": False}  # Python's JSON parser reads NaN and Infinity
+
 
 class SiteCreate(SQLModel):
-    name: str = Field(min_length=1, max_length=200)
-    timezone: str = Field(default="UTC", max_length=64, description="IANA zone; tariffs follow local time.")
-    pue: float = Field(default=1.0, ge=1.0, le=5.0)
-    pue_by_month: dict[str, float] | None = Field(default=None, description='{"2026-10": 1.31}: local months.')
-    grid_zone: str | None = Field(default=None, max_length=64, description="Electricity Maps zone, e.g. GB.")
-    currency: str = Field(default="USD", min_length=3, max_length=3)
-    flat_price_per_kwh: str | None = Field(default=None, max_length=32, description="Decimal, in `currency`.")
-    tariff_id: int | None = None
-    price_series: str | None = Field(default=None, max_length=100)
-    contract_g_per_kwh: float | None = Field(default=None, ge=0, le=5000)
-    residual_mix_g_per_kwh: float | None = Field(default=None, ge=0, le=5000)
+    name: str = Field(min_length=1, max_length=200, schema_extra=_NO_NUL)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, schema_extra=_NO_NUL,
+                          description="IANA zone; tariffs follow local time.")
+    pue: float = Field(default=1.0, ge=1.0, le=5.0, schema_extra=_FINITE)
+    pue_by_month: dict[str, float] | None = Field(default=None, max_length=1200,  # a century of months
+                                                  description='{"2026-10": 1.31}: local months, PUE 1–5.')
+    grid_zone: str | None = Field(default=None, min_length=1, max_length=64, schema_extra=_NO_NUL,
+                                  description="Electricity Maps zone, e.g. GB.")
+    currency: str = Field(default="USD", min_length=3, max_length=3, schema_extra={"pattern": "^[A-Za-z]{3}$"},
+                          description="ISO 4217 code, e.g. EUR.")
+    flat_price_per_kwh: str | None = Field(default=None, max_length=32,
+                                           description="Decimal, 0 to 1000, in `currency` per kWh.")
+    tariff_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    price_series: str | None = Field(default=None, min_length=1, max_length=100, schema_extra=_NO_NUL)
+    contract_g_per_kwh: float | None = Field(default=None, ge=0, le=5000, schema_extra=_FINITE)
+    residual_mix_g_per_kwh: float | None = Field(default=None, ge=0, le=5000, schema_extra=_FINITE)
 
     @field_validator("timezone")
     @classmethod
@@ -50,6 +60,8 @@ class SiteCreate(SQLModel):
             raise ValueError("a decimal number, e.g. 0.12") from exc
         if not price.is_finite():
             raise ValueError("a finite number")
+        if not 0 <= price <= MAX_FLAT_PRICE:
+            raise ValueError(f"between 0 and {MAX_FLAT_PRICE} per kWh")
         return str(price)
 
     @field_validator("pue_by_month")
@@ -58,7 +70,7 @@ class SiteCreate(SQLModel):
         for month, pue in (value or {}).items():
             if len(month) != 7 or month[4] != "-" or not (month[:4] + month[5:]).isdigit():
                 raise ValueError(f"months are YYYY-MM, not {month!r}")
-            if not 1.0 <= pue <= 5.0:
+            if not 1.0 <= pue <= 5.0:  # False for NaN too
                 raise ValueError(f"PUE of {month} must be between 1 and 5")
         return value
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
 import sqlalchemy as sa
-from pydantic import field_validator
+from pydantic import StringConstraints, field_validator
 from sqlmodel import Field, SQLModel
 
 from accounting.db import UTCDateTime
+from accounting.validation import NO_NUL, ApiTime
+
+# A GPU's UUID as NVML states it (MIG instances' too), or any name a test or site gives one.
+GpuUuid = Annotated[str, StringConstraints(min_length=1, max_length=96, pattern=NO_NUL)]
 
 
 class JobKind(StrEnum):
@@ -56,13 +61,15 @@ class GpuPublic(SQLModel):
     last_seen_at: datetime | None
 
 
-_TEXT = {"min_length": 1, "max_length": 200}
+# Pydantic 2 knows `pattern`, which sqlmodel's Field passes through schema_extra only.
+_NO_NUL = {"schema_extra": {"pattern": NO_NUL}}
+_TEXT = {"min_length": 1, "max_length": 200, **_NO_NUL}
 
 
 class JobBase(SQLModel):
-    external_id: str = Field(min_length=1, max_length=200)
-    source: str = Field(default="api", min_length=1, max_length=64)
-    team: str = Field(min_length=1, max_length=200)
+    external_id: str = Field(min_length=1, max_length=200, **_NO_NUL)
+    source: str = Field(default="api", min_length=1, max_length=64, **_NO_NUL)
+    team: str = Field(**_TEXT)
     project: str | None = Field(default=None, **_TEXT)
     cost_center: str | None = Field(default=None, **_TEXT)
     user: str | None = Field(default=None, **_TEXT)
@@ -81,49 +88,20 @@ class JobBase(SQLModel):
 
 
 class JobCreate(JobBase):
-    gpu_uuids: list[str] = Field(min_length=1, max_length=1024)
-    started_at: datetime
+    gpu_uuids: list[GpuUuid] = Field(min_length=1, max_length=1024)
+    started_at: ApiTime = Field(description="With a zone, 1970–2100; at most api_max_future_s ahead of now.")
 
     @field_validator("gpu_uuids")
     @classmethod
     def _distinct_uuids(cls, uuids: list[str]) -> list[str]:
-        for uuid in uuids:
-            if not 1 <= len(uuid) <= 96:
-                raise ValueError("each GPU UUID has 1 to 96 characters")
         if len(set(uuids)) != len(uuids):
             raise ValueError("GPU UUIDs must be distinct")
         return uuids
 
-    @field_validator("started_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("give a time zone, e.g. 2026-01-01T00:00:00Z")
-        return _utc_in_range(value)
-
-
-def _utc_in_range(value: datetime) -> datetime:
-    """In UTC, between 1970 and 2100: anything else is a typing or unit mistake."""
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError as exc:
-        raise ValueError("a time between 1970 and 2100") from exc
-    if not 1970 <= value.year < 2100:
-        raise ValueError("a time between 1970 and 2100")
-    return value
-
 
 class JobFinish(SQLModel):
-    ended_at: datetime | None = Field(default=None, description="Default: now.")
-
-    @field_validator("ended_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("give a time zone, e.g. 2026-01-01T00:00:00Z")
-        return _utc_in_range(value)
+    ended_at: ApiTime | None = Field(default=None, description="Default: now. With a zone, 1970–2100, "
+                                     "after started_at, at most api_max_future_s ahead of now.")
 
 
 class Job(JobBase, table=True):

@@ -10,8 +10,9 @@ from pydantic import field_validator, model_validator
 from sqlmodel import Field, SQLModel
 
 from accounting.db import BigCount, UTCDateTime
+from accounting.validation import NO_NUL, utc_in_range
 
-MAX_FLOPS = 10**30  # a zettaFLOP-year is ~3e28: anything above is a unit mistake
+MAX_FLOPS = 10**30  # a zettaFLOP-year is ~3e28: anything above is a unit mistake (the column holds < 10^40)
 
 
 class Provenance(StrEnum):
@@ -30,15 +31,13 @@ class WorkReportBase(SQLModel):
 
 
 class WorkReportCreate(WorkReportBase):
-    key: str = Field(min_length=1, max_length=200,
+    key: str = Field(min_length=1, max_length=200, schema_extra={"pattern": NO_NUL},
                      description="Idempotency key: a retry with the same key counts once.")
 
     @field_validator("at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("give a time zone, e.g. 2026-01-01T00:00:00Z")
-        return value
+        return utc_in_range(value)  # with a zone, 1970–2100; the service refuses a day ahead
 
     @model_validator(mode="after")
     def _something(self) -> WorkReportCreate:

@@ -24,7 +24,8 @@ from accounting.chargeback.statements import (
 )
 
 from ..auth import Reader, forbid_team, require
-from ..deps import ClockDep, SessionDep
+from ..deps import ClockDep, SessionDep, StatementId
+from ..errors import documented
 
 router = APIRouter(tags=["chargeback"])
 
@@ -59,7 +60,7 @@ def _answer(content: dict, *, statement_id: int | None, content_hash: str | None
     return {"id": statement_id, "content_hash": content_hash, "unit": unit.value, "statement": body}
 
 
-@router.get("/chargeback")
+@router.get("/chargeback", responses=documented(501))
 def get_chargeback(
     session: SessionDep,
     clock: ClockDep,
@@ -120,8 +121,9 @@ def post_finalize(session: SessionDep, clock: ClockDep,
             "finalized_at": statement.finalized_at.isoformat()}
 
 
-@router.get("/statements/{statement_id}")
-def get_stored_statement(session: SessionDep, principal: Reader, statement_id: int, unit: Unit = Unit.kWh) -> dict:
+@router.get("/statements/{statement_id}", responses=documented(404))
+def get_stored_statement(session: SessionDep, principal: Reader, statement_id: StatementId,
+                         unit: Unit = Unit.kWh) -> dict:
     """A stored statement as it was finalized (never recomputed), its hash verified. It holds every
     team's lines and its hash covers them all, so team keys read their part with GET /v1/chargeback."""
     forbid_team(principal, "a stored statement holds every team's lines; read your team's part with "

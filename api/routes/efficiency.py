@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -13,6 +14,7 @@ from sqlmodel import Session
 from accounting.clock import Clock, to_datetime, to_us
 from accounting.jobs.models import Job
 from accounting.ledger.grouping import GroupBy
+from accounting.validation import ApiTime
 from accounting.work.efficiency import efficiency_by, job_efficiency, whole_hours
 from accounting.work.waste import Thresholds, find_waste
 
@@ -101,8 +103,8 @@ def get_efficiency(
     session: SessionDep,
     clock: ClockDep,
     principal: Reader,
-    from_: datetime = Query(alias="from", **PERIOD),
-    to: datetime = Query(description="End of the period, exclusive."),
+    from_: Annotated[ApiTime, Query(alias="from", **PERIOD)],
+    to: Annotated[ApiTime, Query(description="End of the period, exclusive.")],
     group_by: GroupBy = GroupBy.team,
 ):
     check_period(from_, to)
@@ -146,8 +148,8 @@ def get_waste(
     session: SessionDep,
     clock: ClockDep,
     principal: Reader,
-    from_: datetime = Query(alias="from", **PERIOD),
-    to: datetime = Query(description="End of the period, exclusive."),
+    from_: Annotated[ApiTime, Query(alias="from", **PERIOD)],
+    to: Annotated[ApiTime, Query(description="End of the period, exclusive.")],
 ):
     check_period(from_, to)
     findings = [f for f in find_waste(session, from_, to, clock=clock) if principal.sees_team(f.team)]

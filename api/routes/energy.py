@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Query
@@ -13,6 +14,7 @@ from accounting.jobs.models import Gpu, Job
 from accounting.ledger.grouping import TREATMENT, EnergyReport, GroupBy, IdlePolicy, energy_by_group
 from accounting.ledger.models import UnattributedUse
 from accounting.units import EnergyUnit, energy_from_mj
+from accounting.validation import ApiTime
 
 from ..auth import FleetReader, Reader, forbid_team
 from ..deps import SessionDep, check_period
@@ -59,8 +61,8 @@ def _own_groups(session: Session, report: EnergyReport, team: str) -> None:
 def get_energy(
     session: SessionDep,
     principal: Reader,
-    from_: datetime = Query(alias="from", description="Start of the period (whole UTC hours are counted)."),
-    to: datetime = Query(description="End of the period, exclusive."),
+    from_: Annotated[ApiTime, Query(alias="from", description="Start of the period (whole UTC hours are counted).")],
+    to: Annotated[ApiTime, Query(description="End of the period, exclusive.")],
     group_by: GroupBy = GroupBy.team,
     idle_policy: IdlePolicy = IdlePolicy.separate,
     unit: EnergyUnit = EnergyUnit.kWh,
@@ -98,8 +100,8 @@ class UnattributedProcess(BaseModel):
 def get_unattributed(
     session: SessionDep,
     _: FleetReader,  # other people's pids and user names: not for team keys
-    from_: datetime = Query(alias="from"),
-    to: datetime = Query(),
+    from_: Annotated[ApiTime, Query(alias="from")],
+    to: Annotated[ApiTime, Query()],
     limit: int = Query(1000, ge=1, le=10_000),
 ):
     check_period(from_, to)

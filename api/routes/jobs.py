@@ -16,9 +16,11 @@ from accounting.jobs import service
 from accounting.jobs.models import Job, JobCreate, JobFinish, JobPublic
 from accounting.ledger.reports import job_energy
 from accounting.units import EnergyUnit, energy_from_mj
+from accounting.validation import NO_NUL, ApiTime, check_not_ahead
 
 from ..auth import Reader, require, visible_job
-from ..deps import ClockDep, JobId, SessionDep
+from ..deps import ClockDep, JobId, Offset, SessionDep, SettingsDep
+from ..errors import documented
 from .efficiency import JobEfficiencyPublic, job_efficiency_public
 
 router = APIRouter(tags=["jobs"])
@@ -40,17 +42,21 @@ def _check_own_team(session, principal: Principal, data: JobCreate) -> None:
         raise Conflict(f"job {data.source}/{data.external_id} exists")
 
 
-@router.post("/jobs", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
-def create_job(data: JobCreate, session: SessionDep, clock: ClockDep, principal: Writer):
+@router.post("/jobs", response_model=JobPublic, status_code=status.HTTP_201_CREATED, responses=documented(409))
+def create_job(data: JobCreate, session: SessionDep, clock: ClockDep, settings: SettingsDep, principal: Writer):
+    check_not_ahead("started_at", data.started_at, clock=clock, max_ahead_s=settings.api_max_future_s)
     _check_own_team(session, principal, data)
     job = service.create_job(session, data, clock=clock)
     session.commit()
     return service.to_public(job, data.gpu_uuids)
 
 
-@router.post("/jobs/{job_id}/finish", response_model=JobPublic)
-def finish_job(job_id: JobId, session: SessionDep, clock: ClockDep, principal: Writer, data: JobFinish | None = None):
+@router.post("/jobs/{job_id}/finish", response_model=JobPublic, responses=documented(404, 409))
+def finish_job(job_id: JobId, session: SessionDep, clock: ClockDep, settings: SettingsDep, principal: Writer,
+               data: JobFinish | None = None):
     visible_job(session, principal, job_id)
+    if data is not None and data.ended_at is not None:
+        check_not_ahead("ended_at", data.ended_at, clock=clock, max_ahead_s=settings.api_max_future_s)
     job = service.finish_job(session, job_id, data.ended_at if data else None, clock=clock)
     session.commit()
     return service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
@@ -60,7 +66,7 @@ class JobDetail(JobPublic):
     efficiency: JobEfficiencyPublic = Field(description="The job's efficiency over its life (to now while it runs).")
 
 
-@router.get("/jobs/{job_id}", response_model=JobDetail)
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses=documented(404))
 def get_job(job_id: JobId, session: SessionDep, clock: ClockDep, principal: JobReader):
     job = visible_job(session, principal, job_id)
     public = service.to_public(job, service.gpu_uuids_of(session, [job_id])[job_id])
@@ -71,11 +77,12 @@ def get_job(job_id: JobId, session: SessionDep, clock: ClockDep, principal: JobR
 def list_jobs(
     session: SessionDep,
     principal: Reader,
-    team: str | None = Query(None, max_length=200, description="A team key sees its own team's jobs only."),
-    from_: datetime | None = Query(None, alias="from", description="Jobs running at or after this time."),
-    to: datetime | None = Query(None, description="Jobs started before this time."),
+    team: str | None = Query(None, max_length=200, pattern=NO_NUL,
+                             description="A team key sees its own team's jobs only."),
+    from_: Annotated[ApiTime | None, Query(alias="from", description="Jobs running at or after this time.")] = None,
+    to: Annotated[ApiTime | None, Query(description="Jobs started before this time.")] = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ):
     if principal.is_team:
         if team is not None and team != principal.team:
@@ -110,7 +117,7 @@ class JobEnergyPublic(BaseModel):
     )
 
 
-@router.get("/jobs/{job_id}/energy", response_model=JobEnergyPublic)
+@router.get("/jobs/{job_id}/energy", response_model=JobEnergyPublic, responses=documented(404))
 def get_job_energy(job_id: JobId, session: SessionDep, principal: Reader, unit: EnergyUnit = EnergyUnit.J):
     job = visible_job(session, principal, job_id)
     uuids = service.gpu_uuids_of(session, [job_id])[job_id]

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 from pydantic import BaseModel, Field
 
 from accounting.chargeback import sites
 from accounting.chargeback.models import EmbodiedCarbon, Site
 from accounting.errors import InvalidInput
 from accounting.gpu.specs import get_spec
+from accounting.jobs.models import GpuUuid
+from accounting.validation import NO_NUL
 
 from ..auth import Admin, Reader
 from ..deps import ClockDep, SessionDep
+from ..errors import documented
 
 router = APIRouter(tags=["sites"])
 
 
-@router.post("/sites", response_model=Site, status_code=status.HTTP_201_CREATED)
+@router.post("/sites", response_model=Site, status_code=status.HTTP_201_CREATED, responses=documented(409))
 def create_site(data: sites.SiteCreate, session: SessionDep, _: Admin):
     site = sites.create_site(session, data)
     session.commit()
@@ -29,11 +34,14 @@ def list_sites(session: SessionDep, _: Reader):
 
 
 class Placement(BaseModel):
-    gpu_uuids: list[str] = Field(min_length=1, max_length=10_000)
+    gpu_uuids: list[GpuUuid] = Field(min_length=1, max_length=10_000)
 
 
-@router.post("/sites/{name}/gpus")
-def place_gpus(name: str, data: Placement, session: SessionDep, clock: ClockDep, _: Admin) -> dict:
+SiteName = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
+@router.post("/sites/{name}/gpus", responses=documented(404))
+def place_gpus(name: SiteName, data: Placement, session: SessionDep, clock: ClockDep, _: Admin) -> dict:
     placed = sites.place_gpus(session, name, data.gpu_uuids, clock=clock)
     session.commit()
     return {"site": name, "gpus": placed}

@@ -15,12 +15,14 @@ from pydantic import BaseModel, Field
 
 from accounting.auth.models import Role
 from accounting.auth.service import Principal
+from accounting.validation import check_not_ahead
 from accounting.work import service
 from accounting.work.estimates import model_estimate_flops
 from accounting.work.models import Provenance, WorkReport, WorkReportCreate, WorkReportPublic
 
 from ..auth import Reader, require, visible_job
-from ..deps import ClockDep, JobId, SessionDep
+from ..deps import ClockDep, JobId, Offset, SessionDep, SettingsDep
+from ..errors import documented
 
 router = APIRouter(tags=["work"])
 
@@ -61,12 +63,14 @@ def _public(report: WorkReport, duplicate: bool = False) -> WorkReportPublic:
 @router.post(
     "/jobs/{job_id}/work", response_model=WorkReportPublic, status_code=status.HTTP_201_CREATED,
     responses={200: {"model": WorkReportPublic, "description": "A repeat of a stored key: the stored report, "
-                     "with `duplicate: true`; nothing changed."}},
+                     "with `duplicate: true`; nothing changed."}, **documented(404)},
 )
-def report_work(job_id: JobId, data: WorkReportCreate, session: SessionDep, clock: ClockDep, response: Response,
+def report_work(job_id: JobId, data: WorkReportCreate, session: SessionDep, clock: ClockDep, settings: SettingsDep,
+                response: Response,
                 principal: Annotated[Principal, Depends(require(Role.admin, Role.team))]):
     """Report work done since the previous report (an increment). Retries with the same key count once."""
     visible_job(session, principal, job_id)
+    check_not_ahead("at", data.at, clock=clock, max_ahead_s=settings.api_max_future_s)
     report, duplicate = service.record_work(session, job_id, data, clock=clock)
     if duplicate:
         response.status_code = status.HTTP_200_OK
@@ -75,9 +79,9 @@ def report_work(job_id: JobId, data: WorkReportCreate, session: SessionDep, cloc
     return _public(report, duplicate)
 
 
-@router.get("/jobs/{job_id}/work", response_model=JobWorkPublic)
+@router.get("/jobs/{job_id}/work", response_model=JobWorkPublic, responses=documented(404))
 def read_work(job_id: JobId, session: SessionDep, principal: Reader, limit: int = Query(1000, ge=1, le=10_000),
-              offset: int = Query(0, ge=0)):
+              offset: Offset = 0):
     """A job's work reports and their totals (over all reports, whatever page is shown)."""
     job = visible_job(session, principal, job_id)
     totals = service.work_totals(session, [job_id])[job_id]
