@@ -14,7 +14,7 @@ from accounting.gpu.factory import open_backend
 from accounting.metering.discovery import ProcResolver
 from accounting.metering.loop import run_sampler
 from accounting.metering.sampler import Sampler
-from accounting.metering.spool import Spool
+from accounting.metering.spool import Spool, fresh_first_seq
 
 from .celery_app import make_celery
 from .metrics import start_sampler_metrics
@@ -34,7 +34,7 @@ def build_sampler(settings: Settings) -> Sampler:
     # The simulated fleet knows its own processes; on a real node, /proc says whose they are.
     resolver = backend if isinstance(backend, ProcessResolver) else ProcResolver()
     return Sampler(backend=backend, spool=Spool(settings.resolved_spool_dir), clock=clock, node=settings.node_name,
-                   resolver=resolver)
+                   resolver=resolver, first_seq=fresh_first_seq(clock))
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:

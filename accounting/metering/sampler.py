@@ -55,14 +55,16 @@ class Sampler:
     """Reads one node's GPUs, keeps their intervals contiguous, and spools them as batches."""
 
     def __init__(
-        self, *, backend: GpuBackend, spool: Spool, clock: Clock, node: str, resolver: ProcessResolver | None = None
+        self, *, backend: GpuBackend, spool: Spool, clock: Clock, node: str, resolver: ProcessResolver | None = None,
+        first_seq: int = 1,
     ) -> None:
+        """`first_seq` numbers the first batch of a spool without state (see fresh_first_seq)."""
         self.backend = backend
         self.resolver = resolver  # pid → job on this node; None: processes are reported unowned
         self.spool = spool
         self.clock = clock
         self.node = node
-        self._next_seq = 1
+        self._next_seq = first_seq
         self._last: dict[str, GpuReading] = {}  # baseline: where the GPU's next interval starts
         self._info: dict[str, GpuInfo] = {}
         self._lost: set[str] = set()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accounting.clock import Clock
 from accounting.errors import AccountingError
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ CORRUPT_DIR = "corrupt"
 SENT_DIR = "sent"
 REJECTED_DIR = "rejected"
 _TMP_PREFIX = ".tmp-"
-_BATCH_RE = re.compile(r"^batch-(\d{12})\.json$")
-_RECEIPT_RE = re.compile(r"^batch-(\d{12})\.receipt\.json$")
+_BATCH_RE = re.compile(r"^batch-(\d{12,20})\.json$")  # seqs past 10^12: a fresh spool starts at now in µs
+_RECEIPT_RE = re.compile(r"^batch-(\d{12,20})\.receipt\.json$")
 
 
 class CorruptBatch(AccountingError):
@@ -43,6 +44,14 @@ class CorruptBatch(AccountingError):
         super().__init__(f"spooled batch {seq} is corrupt; moved to {moved_to}")
         self.seq = seq
         self.moved_to = moved_to
+
+
+def fresh_first_seq(clock: Clock) -> int:
+    """The first seq of a new spool: now in µs. The ledger counts a (node, seq) once, so a node
+    that lost its spool (reinstalled under the same name) must not start at 1 again: its batches
+    would be taken for old ones and dropped. An earlier spool started lower (at 1, or at its own
+    start time) and sent at most one batch per flush, so it never got this far."""
+    return max(1, clock.now_us())
 
 
 def batch_name(seq: int) -> str:

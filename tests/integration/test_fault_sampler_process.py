@@ -61,11 +61,14 @@ def test_the_sampler_process_waits_for_confirmations_and_survives_sigkill(servic
         os.killpg(first.pid, signal.SIGKILL)  # no last flush, no clean-up
         first.wait(10)
         left = [s.seq for s in spool.awaiting()]
+        # A spool without state starts at now in µs, above any seq an earlier spool of the node sent.
+        first_seq = ingested_seqs(pg_engine, NODE)[0]
+        assert first_seq > 10**15
         second = start_sampler(env, log)
         try:
             # The new process settles the old one's sent batches, then ships on.
             wait_until(lambda: not set(left) & {s.seq for s in spool.awaiting()}
-                       and len(ingested_seqs(pg_engine, NODE)) >= max(left, default=0) + 3, 40,
+                       and len(ingested_seqs(pg_engine, NODE)) >= max(left, default=first_seq) - first_seq + 4, 40,
                        "the restarted sampler to settle and ship")
         finally:
             second.send_signal(signal.SIGTERM)  # a clean stop: flush and ship once more
@@ -73,11 +76,11 @@ def test_the_sampler_process_waits_for_confirmations_and_survives_sigkill(servic
     finally:
         stop_process(first)
     state = spool.read_state()
-    wait_until(lambda: ingested_seqs(pg_engine, NODE) == list(range(1, state["next_seq"])), 20,
+    wait_until(lambda: ingested_seqs(pg_engine, NODE) == list(range(first_seq, state["next_seq"])), 20,
                "every batch, the one shipped on stop included")
 
     text = log.read_text()
-    print(f"left in sent/ by the killed sampler: {left}; {state['next_seq'] - 1} batches in all")
+    print(f"left in sent/ by the killed sampler: {left}; {state['next_seq'] - first_seq} batches in all")
     assert text.count("shipped batches wait in the spool for the ledger's confirmation") == 2
     assert spool.pending() == [] and spool.rejected() == 0
     samples = energy_by_gpu(pg_engine, Sample)
