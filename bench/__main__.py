@@ -8,6 +8,7 @@ from .accuracy import accuracy
 from .api_load import api_load
 from .ingest_load import ingest_load
 from .sampler_cost import sampler_cost
+from .scale_out import scale_out
 
 app = typer.Typer(help="WattLedger benchmarks: each bounded in time, each prints its figures.",
                   no_args_is_help=True, add_completion=False)
@@ -17,6 +18,8 @@ app.command("ingest-load", help="Sampler batches at a steady rate through Redis 
             "readings/s ingested, lag p50/p99, exactly-once.")(ingest_load)
 app.command("accuracy", help="Per-job energy error vs truth on a bursty simulated fleet: the counter-based "
             "ledger vs power polling at 1/5/15/30 s, per sensor kind.")(accuracy)
+app.command("scale-out", help="S sampler processes keep Redis full; 1, 2 … W Celery workers ingest into "
+            "PostgreSQL: readings/s, speed-up, CPU of workers and PostgreSQL, exactly-once.")(scale_out)
 app.command("sampler-cost", help="CPU per GPU reading in our code, and a real sampler process's CPU % at 1 Hz "
             "on 8 simulated GPUs.")(sampler_cost)
 
