@@ -1,4 +1,5 @@
-"""The project's errors as HTTP answers: 404 / 409 / 422 naming the field, never a 500."""
+"""The project's errors as HTTP answers: 404 / 409 / 422 naming the field, 503 when the database is
+unavailable; never a 500."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from accounting.errors import Conflict, InvalidInput, NotFound
+
+RETRY_AFTER_S = 5
 
 
 class ErrorAnswer(BaseModel):
@@ -25,6 +29,7 @@ _MEANINGS = {
     409: "The request contradicts stored state.",
     413: "The body is larger than the server's limit (api_max_body_bytes); the detail names it.",
     501: "Not available in this installation.",
+    503: "The database is unreachable or the request lost a lock race (a deadlock); retry after Retry-After.",
 }
 
 
@@ -33,8 +38,9 @@ def documented(*codes: int) -> dict[int | str, dict]:
     return {code: {"model": ErrorAnswer, "description": _MEANINGS[code]} for code in codes}
 
 
-# Every /v1 route, besides the key's 401 and 403 (api/auth.py): an unreadable or oversized body.
-EVERY_ROUTE = documented(400, 413)
+# Every /v1 route, besides the key's 401 and 403 (api/auth.py): an unreadable or oversized body,
+# and the database down or a deadlock victim (nothing was stored: the transaction rolled back).
+EVERY_ROUTE = documented(400, 413, 503)
 
 
 def json_safe(node):
@@ -66,6 +72,14 @@ def install(app: FastAPI) -> None:
             status_code=422,
             content={"detail": [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]},
         )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(_: Request, exc: OperationalError | InterfaceError) -> JSONResponse:
+        # A restart of PostgreSQL or a deadlock is the client's to retry, not a server bug (500).
+        return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+                            content={"detail": f"the database is unavailable or busy ({type(exc.orig).__name__}); "
+                                               f"nothing was stored; retry in {RETRY_AFTER_S} s"})
 
     @app.exception_handler(RequestValidationError)
     async def _unprocessable(_: Request, exc: RequestValidationError) -> JSONResponse:
