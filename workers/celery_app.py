@@ -15,7 +15,14 @@ from .metrics import install_task_failure_counter
 from .queues import QueueName
 from .schedule import BEAT_SCHEDULE
 
-RESULT_EXPIRES_S = 24 * 3600  # well past any sampler's resend_after_s: a confirmation outlives the wait
+# A confirmation must outlive the sampler's wait before re-sending; one that expired unread only
+# costs a re-send, which ingest ignores as a duplicate. Redis holds ~0.4 KB per result: at
+# 10,000 GPUs (125 batches/s) an hour is ~0.2 GB, a day would be ~4.6 GB (docs/scaling.md).
+MIN_RESULT_EXPIRES_S = 3600
+
+
+def result_expires_s(settings: Settings) -> int:
+    return max(MIN_RESULT_EXPIRES_S, round(4 * settings.resolved_resend_after_s))
 
 
 def _result_settings(settings: Settings, results: bool) -> dict:
@@ -25,7 +32,7 @@ def _result_settings(settings: Settings, results: bool) -> dict:
         return {}
     return {
         "result_backend": url,
-        "result_expires": RESULT_EXPIRES_S,
+        "result_expires": result_expires_s(settings),
         # A sampler asking about its batches while Redis hangs must not hang with it.
         "redis_socket_connect_timeout": 5,
         "redis_socket_timeout": 10,

@@ -6,7 +6,7 @@ import workers.tasks.chargeback  # noqa: F401,I001  (registers the tasks)
 import workers.tasks.ledger  # noqa: F401
 import workers.tasks.maintenance  # noqa: F401
 from accounting.config import Settings
-from workers.celery_app import RESULT_EXPIRES_S, _transport_options, app, make_celery
+from workers.celery_app import _transport_options, app, make_celery
 from workers.processes import batch_confirmer
 from workers.queues import QueueName
 from workers.schedule import BEAT_SCHEDULE
@@ -44,10 +44,12 @@ def test_redis_gets_a_visibility_timeout_and_the_embedded_broker_none():
     assert _transport_options(Settings(broker_url="sqla+sqlite:///x.db")) == {}
 
 
-def test_redis_keeps_ingest_results_for_a_day_and_the_embedded_broker_none():
+def test_redis_keeps_ingest_results_past_the_resend_wait_and_the_embedded_broker_none():
     redis_app = make_celery(Settings(broker_url="redis://127.0.0.1:6379/3"))
     assert redis_app.conf.result_backend == "redis://127.0.0.1:6379/3"
-    assert redis_app.conf.result_expires == RESULT_EXPIRES_S == 86_400
+    assert redis_app.conf.result_expires == 3600  # an hour: ≥ 4 × the 300 s re-send wait
+    slow = make_celery(Settings(broker_url="redis://127.0.0.1:6379/3", resend_after_s=1800))
+    assert slow.conf.result_expires == 7200
     assert batch_confirmer(redis_app) is not None
     publisher = make_celery(Settings(broker_url="redis://127.0.0.1:6379/3"), results=False)
     assert not publisher.conf.result_backend  # a sender never subscribes to result channels
