@@ -61,14 +61,15 @@ def _model(gpu) -> str:
 
 def _gpu_power(session: Session) -> list[GpuPower]:
     g, s, site = Gpu.__table__, Sample.__table__, Site.__table__
-    newest = (
-        sa.select(s.c.id).where(s.c.gpu_id == g.c.id).order_by(s.c.start_at.desc()).limit(1)
+    newest = (  # the newest sample's start, through the (gpu_id, start_at) key
+        sa.select(s.c.start_at).where(s.c.gpu_id == g.c.id).order_by(s.c.start_at.desc()).limit(1)
         .correlate(g).scalar_subquery()
     )
     rows = session.execute(
         sa.select(g.c.uuid, g.c.model, g.c.name, g.c.node, site.c.name.label("site"),
                   s.c.power_mw, s.c.energy_mj, s.c.start_at, s.c.end_at)
-        .select_from(g.join(s, s.c.id == newest).outerjoin(site, site.c.id == g.c.site_id))
+        .select_from(g.join(s, sa.and_(s.c.gpu_id == g.c.id, s.c.start_at == newest))
+                     .outerjoin(site, site.c.id == g.c.site_id))
         .order_by(g.c.uuid)
     ).all()
     result = []

@@ -7,6 +7,7 @@ import typer
 from .accuracy import accuracy
 from .api_load import api_load
 from .ingest_load import ingest_load
+from .query import query
 from .sampler_cost import sampler_cost
 from .scale_out import scale_out
 
@@ -20,6 +21,8 @@ app.command("accuracy", help="Per-job energy error vs truth on a bursty simulate
             "ledger vs power polling at 1/5/15/30 s, per sensor kind.")(accuracy)
 app.command("scale-out", help="S sampler processes keep Redis full; 1, 2 … W Celery workers ingest into "
             "PostgreSQL: readings/s, speed-up, CPU of workers and PostgreSQL, exactly-once.")(scale_out)
+app.command("query", help="A month's chargeback and job energy over HTTP on a fleet seeded by COPY (default "
+            "1,000 GPUs × 30 days): median/p95/max ms vs the 250 ms and 20 ms targets.")(query)
 app.command("sampler-cost", help="CPU per GPU reading in our code, and a real sampler process's CPU % at 1 Hz "
             "on 8 simulated GPUs.")(sampler_cost)
 

@@ -10,6 +10,8 @@ over the groups that used that GPU in that hour by their energy, the rest on "(i
 in no line. Reconciliation (mJ): group lines + idle outside them + unattributed = metered.
 Adjustments: an open period P carries, for each finalized S in the unbroken run of finalized
 periods just before P, recomputed S − finalized S − what finalized statements in between carried.
+The exact sums and the SQL per (site, hour, model, group) are in lines.py; a past month's open
+statement is cached until a change to what it reads commits (cache.py).
 """
 
 from __future__ import annotations
@@ -30,28 +32,24 @@ from sqlmodel import Session, select
 
 from accounting.clock import Clock, to_datetime
 from accounting.errors import Conflict, InvalidInput, NotFound
-from accounting.jobs.models import Gpu, Job
+from accounting.jobs.models import Job
 from accounting.ledger.attribution import split_weighted
-from accounting.ledger.grouping import IDLE_GROUP, UNATTRIBUTED_GROUP, UNKNOWN, GroupBy, IdlePolicy
-from accounting.ledger.models import IDLE, UNATTRIBUTED, LedgerEntry
+from accounting.ledger.grouping import IDLE_GROUP, UNKNOWN, GroupBy, IdlePolicy
+from accounting.ledger.models import LedgerEntry
 from accounting.work.efficiency import efficiency_by
 from accounting.work.waste import Severity, find_waste
 
-from .carbon import CarbonBook
+from .cache import cached
+from .lines import MJ_PER_KWH, Factors, Line, cells
 from .models import Site, Statement, Tariff
-from .prices import PriceBook
 
 GROUPINGS = ("team", "project", "cost_center")
 POLICIES = tuple(p.value for p in IdlePolicy)
-MJ_PER_KWH = 3_600_000_000
-US_PER_HOUR = 3_600_000_000
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-_SPECIAL = {IDLE: ("idle", IDLE_GROUP), UNATTRIBUTED: ("unattributed", UNATTRIBUTED_GROUP)}
 _TREATMENT = {"separate": "idle energy, with its cost and carbon, is its own line, '(idle)'",
               "proportional": "each GPU-hour's idle energy, with its cost and carbon, is split over the groups that "
                               "used that GPU in that hour by their energy; the rest stays on the '(idle)' line",
               "none": "idle energy is in no line; the reconciliation states it"}
-_PARTS = ("cost", "loc", "mkt", "emb")
 _SUMMED = ("cost", "energy_kwh", "facility_kwh", "gpu_hours", "co2e_location_g", "co2e_market_g", "embodied_co2e_g")
 _FIGURES = ("energy_mj", "facility_kwh", "cost", "co2e_location_g", "co2e_market_g", "embodied_co2e_g")
 
@@ -86,108 +84,21 @@ def canonical_hash(content: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-class _Line:
-    """A line's exact sums. Each of cost, location, market and embodied carbon sums the hours whose
-    factor is known (None until one is) and counts the facility kWh (GPU-hours) of those that are not."""
-
-    def __init__(self) -> None:
-        self.energy_mj = self.gpu_us = self.idle_mj = 0
-        self.facility = Fraction(0)
-        self.sums: dict[str, Fraction | None] = dict.fromkeys(_PARTS)
-        self.unknown = dict.fromkeys(_PARTS, Fraction(0))
-
-    def add(self, energy_mj: int, gpu_us: int, emb_us: Fraction, f: tuple) -> None:
-        pue, *factors = f
-        facility = Fraction(energy_mj, MJ_PER_KWH) * pue
-        self.energy_mj += energy_mj
-        self.gpu_us += gpu_us
-        self.facility += facility
-        bases = (facility, facility, facility, emb_us / US_PER_HOUR)
-        for part, factor, base in zip(_PARTS, factors, bases, strict=True):
-            if factor is None:
-                self.unknown[part] += base
-            else:
-                self.sums[part] = (self.sums[part] or 0) + base * factor
-
-    def out(self) -> dict:
-        s, u = self.sums, {k: round(float(v), 6) for k, v in self.unknown.items()}
-
-        def g(part: str) -> float | None:
-            return None if s[part] is None else round(float(s[part]), 3)
-        return {
-            "energy_mj": self.energy_mj, "energy_kwh": round(self.energy_mj / MJ_PER_KWH, 6),
-            "facility_kwh": round(float(self.facility), 6), "gpu_hours": round(self.gpu_us / US_PER_HOUR, 6),
-            "idle_kwh": round(self.idle_mj / MJ_PER_KWH, 6),
-            "cost": None if s["cost"] is None else str(Decimal(round(s["cost"] * 100)).scaleb(-2)),
-            "unknown_price_kwh": u["cost"], "co2e_location_g": g("loc"), "unknown_location_carbon_kwh": u["loc"],
-            "co2e_market_g": g("mkt"), "unknown_market_carbon_kwh": u["mkt"],
-            "embodied_co2e_g": g("emb"), "unknown_embodied_gpu_hours": u["emb"],
-        }
-
-
 def _job_key(group_by: str, team: str, project: str | None, cost_center: str | None) -> str:
     return {"team": team, "project": project or UNKNOWN, "cost_center": cost_center or UNKNOWN}[group_by]
 
 
-class _Factors:
-    """PUE, price and carbon factors per (site, hour) and GPU model, each looked up once."""
-
-    def __init__(self, session: Session, sites: dict[int, Site], start: datetime, end: datetime) -> None:
-        self.sites, self.prices, self.carbon = sites, PriceBook(session, list(sites.values())), CarbonBook(session)
-        self.prices.preload(start, end)
-        self.carbon.preload([s.grid_zone for s in sites.values() if s.grid_zone], start, end)
-        self._hourly: dict[tuple, tuple] = {}
-        self.embodied_cache: dict[str | None, float | None] = {}
-        self.used_sites: set[int] = set()
-
-    def embodied(self, model: str | None) -> float | None:
-        if model not in self.embodied_cache:
-            self.embodied_cache[model] = self.carbon.embodied_g_per_gpu_hour(model) if model else None
-        return self.embodied_cache[model]
-
-    def at(self, site_id: int | None, hour: datetime, model: str | None) -> tuple:
-        """(PUE, price, location g/kWh, market g/kWh, embodied g/GPU-h) as Fractions, None where unknown.
-        A GPU at no known site: PUE 1, no price, no carbon."""
-        if (key := (site_id, hour)) not in self._hourly:
-            values = (1, None, None, None)
-            if (site := self.sites.get(site_id)) is not None:
-                self.used_sites.add(site.id)
-                values = (self.prices.pue(site, hour), self.prices.price_per_kwh(site, hour),
-                          self.carbon.location_g_per_kwh(site.grid_zone, hour) if site.grid_zone else None,
-                          self.carbon.market_g_per_kwh(site))
-            self._hourly[key] = tuple(None if v is None else Fraction(v) for v in values)
-        emb = self.embodied(model)
-        return (*self._hourly[key], None if emb is None else Fraction(emb))
-
-
-def _cells(session: Session, group_by: str, start: datetime, end: datetime) -> dict:
-    """(gpu id, hour) → {(kind, key): [energy_mj, gpu_us]}; kind is group, idle or unattributed."""
-    t, j = LedgerEntry.__table__, Job.__table__
-    rows = session.execute(
-        sa.select(t.c.gpu_id, t.c.hour, t.c.account, t.c.energy_mj, t.c.gpu_us, j.c.team, j.c.project, j.c.cost_center)
-        .outerjoin(j, j.c.id == t.c.job_id).where(t.c.hour >= start, t.c.hour < end)
-    ).all()
-    cells: dict = defaultdict(lambda: defaultdict(lambda: [0, 0]))
-    for gpu_id, hour, account, energy_mj, gpu_us, team, project, cost_center in rows:
-        key = _SPECIAL.get(account) or ("group", _job_key(group_by, team, project, cost_center))
-        cell = cells[(gpu_id, hour)][key]
-        cell[0], cell[1] = cell[0] + energy_mj, cell[1] + gpu_us
-    return cells
-
-
 def _lines(session: Session, group_by: str, idle_policy: str, start: datetime, end: datetime,
-           progress: Callable[[int, int], None] | None) -> tuple[dict, dict, _Factors]:
+           progress: Callable[[int, int], None] | None) -> tuple[dict, dict, Factors]:
     """(kind, group, currency) → its line, the idle outside lines (policy none), the factors used."""
-    gpus = {g.id: g for g in session.exec(select(Gpu)).all()}
     sites = {s.id: s for s in session.exec(select(Site)).all()}
-    factors = _Factors(session, sites, start, end)
-    cells = _cells(session, group_by, start, end)
-    lines: dict[tuple, _Line] = defaultdict(_Line)
-    idle_out = _Line()  # idle in no line (policy none)
-    for done, ((gpu_id, hour), accounts) in enumerate(sorted(cells.items()), 1):
-        gpu = gpus[gpu_id]
-        site_id = gpu.site_id if gpu.site_id is not None or gpu.parent_id is None else gpus[gpu.parent_id].site_id
-        f = factors.at(site_id, hour, gpu.model)
+    factors = Factors(session, sites, start, end)
+    # Only `proportional` needs each GPU-hour apart (it spreads idle within one).
+    by_cell = cells(session, group_by, start, end, per_gpu=idle_policy == "proportional")
+    lines: dict[tuple, Line] = defaultdict(Line)
+    idle_out = Line()  # idle in no line (policy none)
+    for done, ((_, site_id, hour, model), accounts) in enumerate(sorted(by_cell.items(), key=_cell_order), 1):
+        f = factors.at(site_id, hour, model)
         currency = sites[site_id].currency if site_id in sites else None
         idle_mj, idle_us = accounts.pop(("idle", IDLE_GROUP), (0, 0))
         users = {k: v[0] for k, v in accounts.items() if k[0] == "group" and v[0] > 0}
@@ -207,8 +118,13 @@ def _lines(session: Session, group_by: str, idle_policy: str, start: datetime, e
                 lines[("idle", IDLE_GROUP, currency)].add(idle_mj, idle_us, Fraction(idle_us), f)
                 lines[("idle", IDLE_GROUP, currency)].idle_mj += idle_mj
         if progress:
-            progress(done, len(cells))
+            progress(done, len(by_cell))
     return lines, idle_out.out(), factors
+
+
+def _cell_order(item: tuple) -> tuple:
+    gpu_id, site_id, hour, model = item[0]
+    return gpu_id or 0, hour, site_id or 0, model or ""
 
 
 def _work_and_waste(session: Session, group_by: str, start: datetime, end: datetime, clock: Clock) -> dict:
@@ -239,7 +155,7 @@ def _work_and_waste(session: Session, group_by: str, start: datetime, end: datet
     } for key, a in acc.items()}
 
 
-def _method(session: Session, factors: _Factors, idle_policy: str) -> dict:
+def _method(session: Session, factors: Factors, idle_policy: str) -> dict:
     def site(s: Site) -> dict:
         tariff = session.get(Tariff, s.tariff_id) if s.tariff_id is not None else None
         return {"site": s.name, "timezone": s.timezone, "currency": s.currency, "pue": s.pue,
@@ -348,9 +264,14 @@ def build_statement(session: Session, *, period: str, group_by: str, idle_policy
                     progress: Callable[[int, int], None] | None = None, status: str = "open") -> dict:
     """The statement of a UTC month, JSON-ready; `progress(done, total)` is called per GPU-hour."""
     check_choices(group_by, idle_policy)
-    return _core(session, period, group_by, idle_policy, clock, progress) | {
-        "adjustments": _adjustments(session, period, group_by, idle_policy, clock), "status": status,
-        "generated_at": to_datetime(clock.now_us()).isoformat()}
+
+    def compute() -> dict:
+        return _core(session, period, group_by, idle_policy, clock, progress) | {
+            "adjustments": _adjustments(session, period, group_by, idle_policy, clock)}
+
+    ended = parse_period(period)[1] <= to_datetime(clock.now_us())
+    content = cached(session, ("statement", period, group_by, idle_policy), compute) if ended else compute()
+    return content | {"status": status, "generated_at": to_datetime(clock.now_us()).isoformat()}
 
 
 def final_statement(session: Session, *, period: str, group_by: str, idle_policy: str) -> Statement | None:
@@ -384,7 +305,7 @@ def get_statement(session: Session, statement_id: int) -> Statement:
     return statement
 
 
-CSV_COLUMNS = ("for_period", "kind", "group", "currency", *_Line().out(), "flops", "mfu", "flop_per_j", "tokens",
+CSV_COLUMNS = ("for_period", "kind", "group", "currency", *Line().out(), "flops", "mfu", "flop_per_j", "tokens",
                "tokens_per_j", "waste_kwh")
 
 

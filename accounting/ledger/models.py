@@ -34,13 +34,16 @@ class Method(StrEnum):
 
 
 class Sample(SQLModel, table=True):
-    """One GPU's interval between two consecutive readings, as the sampler measured it."""
+    """One GPU's interval between two consecutive readings, as the sampler measured it.
 
-    __table_args__ = (sa.UniqueConstraint("gpu_id", "start_at", name="uq_sample_gpu_start"),)
+    Keyed by (GPU, start): on PostgreSQL the table is range-partitioned by start_at, one
+    partition per UTC day in the SAMPLE_PARTITIONS schema (retention.py creates them ahead and
+    drops expired ones), and a partitioned table's keys must hold the partition key."""
 
-    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
-    gpu_id: int = Field(foreign_key="gpu.id")
-    start_at: datetime = Field(sa_type=UTCDateTime)
+    __table_args__ = ({"postgresql_partition_by": "RANGE (start_at)"},)
+
+    gpu_id: int = Field(foreign_key="gpu.id", primary_key=True)
+    start_at: datetime = Field(sa_type=UTCDateTime, primary_key=True)
     end_at: datetime = Field(sa_type=UTCDateTime, index=True)
     energy_mj: int = Field(sa_type=sa.BigInteger)
     method: str = Field(max_length=32)  # counter | power-integral | missing
@@ -127,3 +130,16 @@ class UnattributedUse(SQLModel, table=True):
     user: str = Field(max_length=200)  # "?" when the node could not tell
     job_key: str | None = Field(default=None, max_length=300)  # a key no registered job has
     energy_mj: int = Field(sa_type=sa.BigInteger)
+
+
+class ChangeLog(SQLModel, table=True):
+    """Which transactions changed what a chargeback statement reads (PostgreSQL triggers, one row
+    per transaction and table): a cached open statement is valid while no row is invisible to
+    the snapshot it was computed from (chargeback/statements.py)."""
+
+    __tablename__ = "change_log"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    txid: int = Field(sa_type=sa.BigInteger, index=True)
+    table_name: str = Field(max_length=64)
+    logged_at: datetime = Field(sa_type=UTCDateTime, index=True)

@@ -11,7 +11,7 @@ carries a waste finding: that one claims its energy, and explains the low MFU.
 
 from __future__ import annotations
 
-import statistics
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -206,6 +206,16 @@ def _memory_bound(e: JobEfficiency, th: Thresholds) -> Finding | None:
     return _finding(e, FindingKind.memory_bound, Severity.info, (lo, hi), rule, _evidence(s, allocated_us), 0.0)
 
 
+def _median_without(ordered: list[float], value: float) -> float:
+    """statistics.median of the ascending `ordered` with one `value` taken out (any equal one: same
+    multiset), read off by index."""
+    i, n = bisect.bisect_left(ordered, value), len(ordered) - 1
+
+    def at(k: int) -> float:
+        return ordered[k] if k < i else ordered[k + 1]
+    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
+
+
 def _low_mfu(jobs: list[JobEfficiency], wasteful: set[int], th: Thresholds) -> list[Finding]:
     """MFU under a fraction of the median of peers: same GPU model and job kind, with an MFU,
     carrying no waste finding (a forgotten allocation is no norm to compare with)."""
@@ -216,18 +226,19 @@ def _low_mfu(jobs: list[JobEfficiency], wasteful: set[int], th: Thresholds) -> l
             cohorts[(model, str(e.job.kind))].append(e)
     found = []
     for cohort in cohorts.values():
+        ordered = sorted(e.figures.mfu for e in cohort)  # once per cohort: O(n log n), not O(n²)
         for e in cohort:
-            peers = [p.figures.mfu for p in cohort if p is not e]
-            if len(peers) < th.low_mfu_min_peers:
+            peers = len(ordered) - 1
+            if peers < th.low_mfu_min_peers:
                 continue
-            median, mfu = statistics.median(peers), e.figures.mfu
+            median, mfu = _median_without(ordered, e.figures.mfu), e.figures.mfu
             if not mfu < th.low_mfu_fraction_of_peer_median * median:
                 continue
             allocated_us, lo, hi = _whole_span(e)
             s = e.usage.ledger
-            rule = (f"MFU under {th.low_mfu_fraction_of_peer_median:g} × the median of {len(peers)} peers "
+            rule = (f"MFU under {th.low_mfu_fraction_of_peer_median:g} × the median of {peers} peers "
                     f"(same GPU model and job kind)")
-            evidence = _evidence(s, allocated_us, mfu=mfu, peer_median_mfu=median, peer_jobs=len(peers),
+            evidence = _evidence(s, allocated_us, mfu=mfu, peer_median_mfu=median, peer_jobs=peers,
                                  flops_provenance=e.flops_provenance)
             # Had it run at its peers' MFU, the same work would have taken mfu/median of the time.
             found.append(_finding(e, FindingKind.low_mfu, Severity.efficiency, (lo, hi), rule, evidence,

@@ -1,0 +1,89 @@
+"""A past month's open statement comes from the cache until a change to what it reads commits;
+never inside a transaction that wrote, never for a month that has not ended. Real PostgreSQL,
+committed data (the cache keys on committed transactions), cleaned up after."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlmodel import Session
+
+from accounting.chargeback import cache, statements
+from accounting.chargeback.statements import build_statement
+from accounting.clock import FakeClock, to_us
+from accounting.ledger.service import ingest_batch
+from tests.conftest import truncate_all
+from tests.factories import batch
+
+OCTOBER_US = to_us(datetime(2026, 10, 5, 10, tzinfo=UTC))
+
+
+@pytest.fixture
+def committed(pg_engine, monkeypatch):
+    """An empty PostgreSQL database and cache; the number of statements computed (not cached)."""
+    truncate_all(pg_engine)
+    cache.clear()
+    computed: list[str] = []
+    core = statements._core
+
+    def counting(session, period, *args, **kwargs):
+        computed.append(period)
+        return core(session, period, *args, **kwargs)
+
+    monkeypatch.setattr(statements, "_core", counting)
+    yield computed
+    truncate_all(pg_engine)
+    cache.clear()
+
+
+def statement(engine, clock: FakeClock, period: str = "2026-10") -> dict:
+    with Session(engine) as session:
+        return build_statement(session, period=period, group_by="team", idle_policy="separate", clock=clock)
+
+
+def ingest(engine, seq: int, start_us: int, clock: FakeClock) -> None:
+    with Session(engine) as session:
+        ingest_batch(session, batch("n1", seq, "GPU-cache", start_us, 60), clock=clock)
+        session.commit()
+
+
+def metered_mj(content: dict) -> int:
+    return content["reconciliation"]["metered_mj"]
+
+
+def test_a_past_month_is_cached_until_a_change_commits(pg_engine, committed):
+    clock = FakeClock(to_us(datetime(2026, 12, 1, tzinfo=UTC)))
+    ingest(pg_engine, 1, OCTOBER_US, clock)
+    first = statement(pg_engine, clock)
+    second = statement(pg_engine, clock)
+    assert committed == ["2026-10"]  # the second came from the cache
+    assert second["lines"] == first["lines"] and metered_mj(first) > 0
+    clock.advance(5_000_000)
+    assert statement(pg_engine, clock)["generated_at"] != first["generated_at"]  # stamped per answer
+
+    ingest(pg_engine, 2, OCTOBER_US + 3_600_000_000, clock)  # late data for October commits
+    third = statement(pg_engine, clock)
+    assert committed == ["2026-10", "2026-10"]
+    assert metered_mj(third) == 2 * metered_mj(first)
+
+
+def test_a_transaction_that_wrote_sees_its_own_changes_not_the_cache(pg_engine, committed):
+    clock = FakeClock(to_us(datetime(2026, 12, 1, tzinfo=UTC)))
+    ingest(pg_engine, 1, OCTOBER_US, clock)
+    before = metered_mj(statement(pg_engine, clock))
+    with Session(pg_engine) as session:
+        ingest_batch(session, batch("n1", 2, "GPU-cache", OCTOBER_US + 3_600_000_000, 60), clock=clock)
+        inside = build_statement(session, period="2026-10", group_by="team", idle_policy="separate", clock=clock)
+        session.rollback()
+    assert metered_mj(inside) == 2 * before
+    assert metered_mj(statement(pg_engine, clock)) == before  # the rolled-back change never counted
+    assert committed == ["2026-10", "2026-10"]  # the writer's own; the last came from the cache again
+
+
+def test_a_month_that_has_not_ended_is_computed_each_time(pg_engine, committed):
+    clock = FakeClock(to_us(datetime(2026, 10, 20, tzinfo=UTC)))
+    ingest(pg_engine, 1, OCTOBER_US, clock)
+    statement(pg_engine, clock)
+    statement(pg_engine, clock)
+    assert committed == ["2026-10", "2026-10"]
