@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from accounting.clock import US_PER_S, Clock, to_datetime, to_us
+from accounting.db import lock_gpus
 from accounting.errors import Conflict, InvalidInput, NotFound
-from accounting.ledger.service import reattribute, register_gpus
+from accounting.ledger.service import metered_gpu_ids, reattribute, register_gpus
 
 from .models import Allocation, Gpu, GpuPublic, Job, JobCreate, JobPublic
 
@@ -39,6 +40,11 @@ def create_job(session: Session, data: JobCreate, *, clock: Clock) -> Job:
     except sa.exc.IntegrityError as exc:
         raise Conflict(f"job {data.source}/{data.external_id} exists") from exc
     gpu_ids = register_gpus(session, data.gpu_uuids, now_us=now_us)
+    # Lock the GPUs (and the parents that meter MIG instances) in id order before the allocations'
+    # foreign keys take KEY SHARE locks on them in the request's order: otherwise an ingest holding
+    # one GPU and waiting for another deadlocks with us (seen under load in the pipeline test).
+    ids = list(gpu_ids.values())
+    lock_gpus(session, sorted(set(ids) | set(metered_gpu_ids(session, ids))))
     for uuid in data.gpu_uuids:
         session.add(Allocation(job_id=job.id, gpu_id=gpu_ids[uuid], start_at=data.started_at))
     session.flush()
