@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -117,3 +118,62 @@ def lock_gpus(session: Session, gpu_ids: Sequence[int]) -> None:
         session.execute(sa.select(table.c.id).where(table.c.id.in_(ids)).order_by(table.c.id).with_for_update())
     else:
         session.execute(sa.update(table).where(table.c.id.in_(ids)).values(id=table.c.id))
+
+
+# Per driver connection: (table, columns) → the COPY statement and the columns' type oids, read
+# once from the catalog (binary COPY must send each value in its column's exact type).
+_copy_types: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def copy_rows(session: Session, table: sa.Table, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """Write rows (tuples in `columns` order) into `table` with one binary COPY, inside the
+    session's transaction. PostgreSQL only: the fastest way in, one round trip for any number."""
+    from psycopg import sql  # local: only PostgreSQL needs it
+
+    driver = session.connection().connection.driver_connection
+    known = _copy_types.setdefault(driver, {})
+    key = (table.name, tuple(columns))
+    if key not in known:
+        with driver.cursor() as cursor:
+            cursor.execute("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass "
+                           "AND attnum > 0 AND NOT attisdropped", (table.name,))
+            oids = dict(cursor.fetchall())
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))).as_string(driver)
+        known[key] = (statement, [oids[c] for c in columns])
+    statement, types = known[key]
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+
+
+_upserts: dict[tuple, sa.TextClause] = {}  # (table, columns) → the PostgreSQL statement
+
+
+def upsert_adding(session: Session, table: sa.Table, key: Sequence[str], rows: list[dict],
+                  sums: Sequence[str]) -> None:
+    """INSERT … ON CONFLICT (key) DO UPDATE SET col = col + excluded.col for each of `sums`, on
+    both databases. On PostgreSQL one statement whose text does not depend on the number of rows
+    (the columns go as arrays through unnest), so it is compiled once and prepared."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql":
+        columns = tuple(rows[0])
+        statement = _upserts.get((table.name, columns))
+        if statement is None:
+            q = dialect.identifier_preparer.quote
+            arrays = ", ".join(f"CAST(:{c} AS {table.c[c].type.compile(dialect=dialect)}[])" for c in columns)
+            statement = _upserts[(table.name, columns)] = sa.text(
+                f"INSERT INTO {q(table.name)} ({', '.join(map(q, columns))}) SELECT * FROM unnest({arrays}) "
+                f"ON CONFLICT ({', '.join(map(q, key))}) DO UPDATE SET "
+                + ", ".join(f"{q(c)} = {q(table.name)}.{q(c)} + excluded.{q(c)}" for c in sums))
+        session.execute(statement, {c: [row[c] for row in rows] for c in columns})
+        return
+    from sqlalchemy.dialects.sqlite import insert
+
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key), set_={c: table.c[c] + statement.excluded[c] for c in sums})
+    session.execute(statement, rows)

@@ -6,6 +6,7 @@ import typer
 
 from .accuracy import accuracy
 from .api_load import api_load
+from .ingest_copy import ingest_vs_copy
 from .ingest_load import ingest_load
 from .query import query
 from .sampler_cost import sampler_cost
@@ -17,6 +18,8 @@ app.command("api-load", help="The real API on loopback under a read/write mix: r
             "errors.")(api_load)
 app.command("ingest-load", help="Sampler batches at a steady rate through Redis into real Celery workers: "
             "readings/s ingested, lag p50/p99, exactly-once.")(ingest_load)
+app.command("ingest-vs-copy", help="End-to-end ingest (Redis backlog → real Celery workers → ledger) vs PostgreSQL "
+            "COPY of the same sample rows, same run: readings/s of each and the ratio.")(ingest_vs_copy)
 app.command("accuracy", help="Per-job energy error vs truth on a bursty simulated fleet: the counter-based "
             "ledger vs power polling at 1/5/15/30 s, per sensor kind.")(accuracy)
 app.command("scale-out", help="S sampler processes keep Redis full; 1, 2 … W Celery workers ingest into "

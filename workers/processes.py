@@ -94,7 +94,9 @@ def batch_sender(app: Celery) -> Callable[[dict], str]:
 
     def send(batch: dict) -> str:
         result = app.send_task(
-            INGEST_TASK, args=[batch], queue=QueueName.ingest.value,
+            # zlib: a batch's JSON shrinks ~10× in the broker and decodes for less worker CPU
+            # (helper F measured 16.4 → 13.6 µs a reading); the worker inflates it transparently.
+            INGEST_TASK, args=[batch], queue=QueueName.ingest.value, compression="zlib",
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         )
         return result.id

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from accounting.clock import US_PER_HOUR
 
@@ -68,8 +69,7 @@ class GpuSignals:
     total_slices: int = 7
 
 
-@dataclass(frozen=True, slots=True)
-class Share:
+class Share(NamedTuple):  # a tuple: made for every interval, so it must be cheap to make
     hour_us: int  # start of the UTC hour
     job_id: int | None  # None and pid None: IDLE; None with a pid: UNATTRIBUTED
     method: str
@@ -81,6 +81,8 @@ class Share:
 
 
 NO_SIGNALS = GpuSignals()
+# Plain strings of the methods the common case uses (a StrEnum's str() is a Python call).
+EXCLUSIVE, EVEN = Method.exclusive.value, Method.even.value
 
 
 def split_weighted(amount: int, weights: Sequence[float]) -> list[int]:
@@ -212,6 +214,48 @@ def attribute_interval(
         raise ValueError("an interval must end after it starts")
     if energy_mj < 0:
         raise ValueError("energy of an interval cannot be negative")
+    if not signals.processes and not signals.mig:
+        shares = _one_piece(start_us, end_us, energy_mj, source_method, tenancies)
+        if shares is not None:
+            return shares
+    return _pieces(start_us, end_us, energy_mj, source_method, tenancies, signals)
+
+
+def whole_piece_holders(start_us: int, end_us: int, tenancies: Sequence[Tenancy]) -> list[int] | None:
+    """The jobs holding the GPU over all of an interval that is one piece: within one hour, and
+    no allocation starting or ending inside it. None when the interval is not one piece."""
+    if end_us - (start_us - start_us % US_PER_HOUR) > US_PER_HOUR:
+        return None
+    holders = []
+    for t in tenancies:
+        if t.start_us <= start_us and (t.end_us is None or t.end_us >= end_us):
+            holders.append(t.job_id)
+        elif start_us < t.start_us < end_us or (t.end_us is not None and start_us < t.end_us < end_us):
+            return None  # an allocation edge cuts the interval
+    return holders
+
+
+def _one_piece(start_us: int, end_us: int, energy_mj: int, source_method: str,
+               tenancies: Sequence[Tenancy]) -> list[Share] | None:
+    """The common case in one step (None when it is not that case): an interval that is one
+    piece, with no process or MIG detail, is shared evenly by its holders (or IDLE takes it).
+    `_pieces` gives the very same shares."""
+    holders = whole_piece_holders(start_us, end_us, tenancies)
+    if holders is None or len(set(holders)) < len(holders):
+        return None  # (a job holding the GPU twice over: rare, left to the general case)
+    hour_us, duration = start_us - start_us % US_PER_HOUR, end_us - start_us
+    estimated = None if source_method == "counter" else Method(source_method).value
+    if len(holders) <= 1:
+        return [Share(hour_us, holders[0] if holders else None, estimated or EXCLUSIVE, energy_mj, duration)]
+    holders.sort()
+    return [Share(hour_us, job_id, estimated or EVEN, part, time_part)
+            for job_id, part, time_part in zip(holders, split_evenly(energy_mj, len(holders)),
+                                               split_evenly(duration, len(holders)), strict=True)]
+
+
+def _pieces(start_us: int, end_us: int, energy_mj: int, source_method: str, tenancies: Sequence[Tenancy],
+            signals: GpuSignals) -> list[Share]:
+    """The general case: the interval cut at hour and allocation edges, each piece divided."""
     duration = end_us - start_us
 
     def cumulative(t: int) -> int:

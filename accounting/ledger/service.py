@@ -1,28 +1,33 @@
 """Ingest sampler batches into samples and the hourly ledger; re-attribute when jobs change.
 
-Both paths run every interval through `attribute_interval`, so ingest and re-attribution
-cannot disagree. The caller owns the transaction (and commits once).
+Both paths attribute every interval by `attribute_interval` (ingest books its common case, one
+piece with at most one holder, straight to the ledger row that function would give), so ingest
+and re-attribution cannot disagree. Ingest is made for throughput: a hand-checked batch, one COPY
+for the samples, one upsert for the ledger, a fixed dozen statements a batch. The caller owns
+the transaction (and commits once).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from accounting.clock import Clock, hour_floor_us, to_datetime, to_us
-from accounting.db import lock_gpus
+from accounting.clock import US_PER_HOUR, US_PER_S, Clock, hour_floor_us, to_datetime, to_us
+from accounting.db import copy_rows, lock_gpus, upsert_adding
 from accounting.errors import InvalidInput
 from accounting.gpu.specs import match_spec
 from accounting.jobs.models import Gpu
 
-from .attribution import Share, attribute_interval
-from .batch import Batch, BatchEvent, BatchInterval
+from .attribution import EXCLUSIVE, Share, attribute_interval, whole_piece_holders
+from .batch import BatchEvent, ParsedBatch, Reading, checked_batch
 from .models import IDLE, UNATTRIBUTED, GpuEvent, IngestedBatch, LedgerEntry, Sample, UnattributedUse, job_account
 from .signals import SignalBuilder
 
@@ -34,22 +39,13 @@ SUMMED = ("energy_mj", "gpu_us", "util_known_us", "busy_us", "gpm_known_us", "sm
           "dram_active_us")
 
 
-@dataclass(frozen=True)
-class Activity:
+class Activity(NamedTuple):
     """An interval's utilization readings, in percent; None where not read."""
 
     gpu_util_pct: float | None = None
     sm_active_pct: float | None = None
     tensor_active_pct: float | None = None
     dram_bw_pct: float | None = None
-
-    def weights_us(self, gpu_us: int) -> list[int]:
-        """[util_known, busy, gpm_known, sm, tensor, dram] activity-µs for `gpu_us` of GPU time."""
-        util, sm, tensor, dram = self.gpu_util_pct, self.sm_active_pct, self.tensor_active_pct, self.dram_bw_pct
-        gpm = sm is not None or tensor is not None or dram is not None
-        return [gpu_us if util is not None else 0, round(gpu_us * (util or 0) / 100),
-                gpu_us if gpm else 0, round(gpu_us * (sm or 0) / 100), round(gpu_us * (tensor or 0) / 100),
-                round(gpu_us * (dram or 0) / 100)]
 
 
 NO_ACTIVITY = Activity()
@@ -67,14 +63,31 @@ class Deltas:
         for s in shares:
             if s.hour_us < min_hour_us:
                 continue
-            account = job_account(s.job_id) if s.job_id else (UNATTRIBUTED if s.pid is not None else IDLE)
-            slot = self.ledger.setdefault((gpu_id, s.hour_us, account, s.job_id, str(s.method)), [0] * len(SUMMED))
-            for i, value in enumerate([s.energy_mj, s.gpu_us, *activity.weights_us(s.gpu_us)]):
-                slot[i] += value
-            if account == UNATTRIBUTED:
+            self.put(gpu_id, s.hour_us, s.job_id, str(s.method), s.energy_mj, s.gpu_us, activity, s.pid)
+            if not s.job_id and s.pid is not None:  # UNATTRIBUTED: keep who it was
                 detail = self.unattributed.setdefault((gpu_id, s.hour_us, s.pid, s.user or "?"), [0, None])
                 detail[0] += s.energy_mj
                 detail[1] = s.job_key or detail[1]
+
+    def put(self, gpu_id: int, hour_us: int, job_id: int | None, method: str, energy_mj: int, gpu_us: int,
+            activity: Activity, pid: int | None = None) -> None:
+        """Add one share to its ledger row."""
+        account = job_account(job_id) if job_id else (UNATTRIBUTED if pid is not None else IDLE)
+        key = (gpu_id, hour_us, account, job_id, method)
+        slot = self.ledger.get(key)
+        if slot is None:
+            slot = self.ledger[key] = [0] * len(SUMMED)
+        slot[0] += energy_mj
+        slot[1] += gpu_us
+        util, sm, tensor, dram = activity  # activity-µs: time with a reading, and time × its percentage
+        if util is not None:
+            slot[2] += gpu_us
+            slot[3] += round(gpu_us * util / 100)
+        if sm is not None or tensor is not None or dram is not None:
+            slot[4] += gpu_us
+            slot[5] += round(gpu_us * (sm or 0) / 100)
+            slot[6] += round(gpu_us * (tensor or 0) / 100)
+            slot[7] += round(gpu_us * (dram or 0) / 100)
 
 
 @dataclass(frozen=True)
@@ -86,9 +99,9 @@ class IngestResult:
     energy_mj: int
 
 
-def parse_batch(raw: dict) -> Batch:
+def parse_batch(raw: dict) -> ParsedBatch:
     try:
-        return Batch.model_validate(raw)
+        return checked_batch(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "batch"
@@ -103,142 +116,204 @@ def _insert(session: Session):
     return insert
 
 
+# last_seen_at is kept to within this: rewriting it on every batch cost an UPDATE per GPU per batch.
+LAST_SEEN_STEP_US = 60 * US_PER_S
+DESCRIBED = ("name", "index", "node", "model", "parent_id", "mig_profile", "mig_slices")
+
+
 def register_gpus(
-    session: Session, uuids: Sequence[str], *, now_us: int, node: str | None = None, described=None
+    session: Session, uuids: Sequence[str], *, now_us: int, node: str | None = None, described=None,
+    lock: bool = False,
 ) -> dict[str, int]:
-    """Insert-if-absent (race-free) and describe GPUs; returns uuid → id."""
+    """Insert-if-absent (race-free) and describe GPUs; returns uuid → id. A GPU whose description
+    is unchanged and whose last_seen_at is recent is only read, not written. `lock`: the GPUs are
+    locked as by `lock_gpus` (on PostgreSQL by the same statement that reads them)."""
     described = described or {}
     uuids = sorted(set(uuids) | set(described) | {d.parent_uuid for d in described.values() if d.parent_uuid})
     table = Gpu.__table__
     now = to_datetime(now_us)
-    rows = [{"uuid": u, "first_seen_at": now} for u in uuids]
-    session.execute(_insert(session)(table).values(rows).on_conflict_do_nothing(index_elements=["uuid"]))
-    ids = dict(session.execute(sa.select(table.c.uuid, table.c.id).where(table.c.uuid.in_(uuids))).all())
-    for uuid, info in sorted(described.items(), key=lambda item: ids[item[0]]):  # id order: no deadlocks
+    postgres = session.get_bind().dialect.name == "postgresql"
+
+    def known_rows() -> dict:
+        columns = [table.c[c] for c in ("uuid", "id", "last_seen_at", *DESCRIBED)]
+        query = sa.select(*columns).where(table.c.uuid.in_(uuids))
+        if lock and postgres:  # row locks in id order, as lock_gpus takes them
+            query = query.order_by(table.c.id).with_for_update()
+        return {row.uuid: row for row in session.execute(query)}
+
+    known = known_rows()
+    if len(known) < len(uuids):
+        rows = [{"uuid": u, "first_seen_at": now} for u in uuids if u not in known]
+        session.execute(_insert(session)(table).values(rows).on_conflict_do_nothing(index_elements=["uuid"]))
+        known = known_rows()
+    ids = {uuid: row.id for uuid, row in known.items()}
+    changes = []
+    for uuid, info in described.items():
         spec = match_spec(info.name) if info.name and not info.parent_uuid else None
-        session.execute(
-            sa.update(table).where(table.c.id == ids[uuid]).values(
-                name=info.name, index=info.index, node=node, model=spec.model if spec else None, last_seen_at=now,
-                parent_id=ids[info.parent_uuid] if info.parent_uuid else None,
-                mig_profile=info.mig_profile, mig_slices=info.mig_slices,
-            )
-        )
+        wanted = {"name": info.name, "index": info.index, "node": node, "model": spec.model if spec else None,
+                  "parent_id": ids[info.parent_uuid] if info.parent_uuid else None,
+                  "mig_profile": info.mig_profile, "mig_slices": info.mig_slices}
+        row = known[uuid]
+        stale = row.last_seen_at is None or to_us(row.last_seen_at) <= now_us - LAST_SEEN_STEP_US
+        if stale or any(getattr(row, column) != value for column, value in wanted.items()):
+            changes.append({"gpu": ids[uuid], **wanted, "last_seen_at": now})
+    if changes:  # one executemany, in id order: no deadlocks
+        session.execute(sa.update(table).where(table.c.id == sa.bindparam("gpu")),
+                        sorted(changes, key=lambda c: c["gpu"]))
+    if lock and not postgres:
+        lock_gpus(session, list(ids.values()))
     return ids
 
 
 def add_to_ledger(session: Session, deltas: Deltas) -> None:
     """Add energy and GPU time to ledger rows (the GPUs must be locked by the caller)."""
-    _upsert_add(session, LedgerEntry.__table__, ("gpu_id", "hour", "account", "method"), [
+    upsert_adding(session, LedgerEntry.__table__, ("gpu_id", "hour", "account", "method"), [
         {"gpu_id": gpu_id, "hour": to_datetime(hour_us), "account": account, "job_id": job_id, "method": method,
          **dict(zip(SUMMED, sums, strict=True))}
         for (gpu_id, hour_us, account, job_id, method), sums in deltas.ledger.items()
     ], SUMMED)
-    _upsert_add(session, UnattributedUse.__table__, ("gpu_id", "hour", "pid", "user"), [
+    upsert_adding(session, UnattributedUse.__table__, ("gpu_id", "hour", "pid", "user"), [
         {"gpu_id": gpu_id, "hour": to_datetime(hour_us), "pid": pid, "user": user, "energy_mj": energy,
          "job_key": job_key}
         for (gpu_id, hour_us, pid, user), (energy, job_key) in deltas.unattributed.items()
     ], ("energy_mj",))
 
 
-def _upsert_add(session: Session, table: sa.Table, key: tuple[str, ...], rows: list[dict], sums: tuple[str, ...]):
-    """INSERT … ON CONFLICT (key) DO UPDATE SET col = col + excluded.col, on both databases."""
-    if not rows:
-        return
-    statement = _insert(session)(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(key), set_={c: table.c[c] + statement.excluded[c] for c in sums}
-    )
-    session.execute(statement, rows)
-
-
 def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
-    """Take one sampler batch into samples and the ledger, exactly once per (node, seq)."""
+    """Take one sampler batch into samples and the ledger, exactly once per (node, seq).
+
+    A batch costs a fixed dozen statements whatever its size: samples go in by one COPY (one
+    INSERT on SQLite), ledger rows by one upsert."""
     batch = parse_batch(raw)
     now_us = clock.now_us()
-    uuids = {i.uuid for i in batch.intervals} | {e.uuid for e in batch.events if e.uuid}
+    uuids = {r.uuid for r in batch.readings} | {e.uuid for e in batch.events if e.uuid}
     ids = register_gpus(session, sorted(uuids), now_us=now_us, node=batch.node,
-                        described={g.uuid: g for g in batch.gpus})
-    lock_gpus(session, list(ids.values()))
+                        described={g.uuid: g for g in batch.gpus}, lock=True)
     seen = session.execute(
         sa.select(IngestedBatch.id).where(IngestedBatch.node == batch.node, IngestedBatch.seq == batch.seq)
     ).first()
     if seen:
-        total_mj = sum(i.energy_mj for i in batch.intervals)
+        total_mj = sum(r.energy_mj for r in batch.readings)
         log.info("batch %s/%s already ingested; ignored", batch.node, batch.seq)
-        return IngestResult(batch.node, batch.seq, True, len(batch.intervals), total_mj)
-    intervals, dropped = _without_overlaps(session, batch.intervals, ids)
-    total_mj = sum(i.energy_mj for i in intervals)
+        return IngestResult(batch.node, batch.seq, True, len(batch.readings), total_mj)
+    readings, dropped = _without_overlaps(session, batch.readings, ids) if batch.readings else ([], [])
+    total_mj = sum(r.energy_mj for r in readings)
     events = [*batch.events, *dropped]
-    if intervals:
-        rows = [
-            {"gpu_id": ids[i.uuid], "start_at": to_datetime(i.start_us), "end_at": to_datetime(i.end_us),
-             "energy_mj": i.energy_mj, "method": i.method, "power_mw": i.power_mw,
-             "gpu_util_pct": i.gpu_util_pct, "memory_util_pct": i.memory_util_pct,
-             "memory_used_bytes": i.memory_used_bytes, "sm_clock_mhz": i.sm_clock_mhz,
-             "sm_active_pct": i.sm_active_pct, "tensor_active_pct": i.tensor_active_pct, "dram_bw_pct": i.dram_bw_pct,
-             "processes": [p.model_dump() for p in i.processes] or None,
-             "mig": [m.model_dump() for m in i.mig] or None}
-            for i in intervals
-        ]
-        session.execute(sa.insert(Sample.__table__), rows)
-        signals = SignalBuilder(
-            session, sorted({r["gpu_id"] for r in rows}),
-            min(i.start_us for i in intervals), max(i.end_us for i in intervals),
-            {p.job_key for i in intervals for p in i.processes if p.job_key},
-        )
-        deltas = Deltas()
-        for interval, row in zip(intervals, rows, strict=True):
-            gpu_id = row["gpu_id"]
-            deltas.add(gpu_id, attribute_interval(
-                interval.start_us, interval.end_us, interval.energy_mj, interval.method,
-                signals.tenancies.get(gpu_id, []), signals.for_interval(gpu_id, row["processes"], row["mig"]),
-            ), Activity(interval.gpu_util_pct, interval.sm_active_pct, interval.tensor_active_pct,
-                        interval.dram_bw_pct))
-        add_to_ledger(session, deltas)
+    if readings:
+        gpu_ids = [ids[r.uuid] for r in readings]
+        store_samples(session, readings, gpu_ids)
+        add_to_ledger(session, _deltas(session, readings, gpu_ids))
     if events:
         session.execute(sa.insert(GpuEvent.__table__), [
             {"gpu_id": ids.get(e.uuid) if e.uuid else None, "node": batch.node,
              "at": to_datetime(e.at_us), "kind": e.kind, "detail": e.detail}
             for e in events
         ])
-    session.add(IngestedBatch(node=batch.node, seq=batch.seq, ingested_at=to_datetime(now_us),
-                              intervals=len(intervals), energy_mj=total_mj))
-    session.flush()
-    return IngestResult(batch.node, batch.seq, False, len(intervals), total_mj)
+    session.execute(sa.insert(IngestedBatch.__table__).values(
+        node=batch.node, seq=batch.seq, ingested_at=to_datetime(now_us), intervals=len(readings), energy_mj=total_mj))
+    return IngestResult(batch.node, batch.seq, False, len(readings), total_mj)
 
 
-def _without_overlaps(session: Session, intervals: Sequence[BatchInterval], ids: dict[str, int]):
-    """Drop intervals that overlap one already stored for the GPU, or an earlier one of the same
+def _deltas(session: Session, readings: list[Reading], gpu_ids: list[int]) -> Deltas:
+    """Every reading attributed, summed per ledger row. Most readings are one piece with one
+    holder (or none) and no process or MIG detail: `attribute_interval` would give them one
+    share of all their energy and time, so they go straight to their ledger row."""
+    signals = SignalBuilder(
+        session, sorted(set(gpu_ids)), min(r.start_us for r in readings), max(r.end_us for r in readings),
+        {p["job_key"] for r in readings if r.processes for p in r.processes if p["job_key"]},
+    )
+    tenancies, layouts, deltas = signals.tenancies, signals.layouts, Deltas()
+    for r, gpu_id in zip(readings, gpu_ids, strict=True):
+        activity = Activity(r.gpu_util_pct, r.sm_active_pct, r.tensor_active_pct, r.dram_bw_pct)
+        held = tenancies.get(gpu_id, ())
+        if r.processes is None and not (r.mig and layouts[gpu_id].instances) and r.method == "counter":
+            holders = whole_piece_holders(r.start_us, r.end_us, held)
+            if holders is not None and len(holders) <= 1:
+                deltas.put(gpu_id, r.start_us - r.start_us % US_PER_HOUR, holders[0] if holders else None, EXCLUSIVE,
+                           r.energy_mj, r.end_us - r.start_us, activity)
+                continue
+        deltas.add(gpu_id, attribute_interval(r.start_us, r.end_us, r.energy_mj, r.method, held,
+                                              signals.for_interval(gpu_id, r.processes, r.mig)), activity)
+    return deltas
+
+
+SAMPLE_COLUMNS = ("gpu_id", "start_at", "end_at", *Reading._fields[3:])
+
+
+def store_samples(session: Session, readings: Sequence[Reading], gpu_ids: Sequence[int]) -> None:
+    """The readings as `sample` rows: one binary COPY on PostgreSQL, one INSERT elsewhere."""
+    times: dict[int, object] = {}  # the GPUs of a node share their reading times: convert each once
+
+    def at(t_us: int):
+        value = times.get(t_us)
+        if value is None:
+            value = times[t_us] = to_datetime(t_us)
+        return value
+
+    rows = [(gpu_id, at(r.start_us), at(r.end_us), *r[3:]) for r, gpu_id in zip(readings, gpu_ids, strict=True)]
+    if session.get_bind().dialect.name == "postgresql":
+        copy_rows(session, Sample.__table__, SAMPLE_COLUMNS, rows)
+    else:
+        session.execute(sa.insert(Sample.__table__), [dict(zip(SAMPLE_COLUMNS, row, strict=True)) for row in rows])
+
+
+def _without_overlaps(session: Session, readings: Sequence[Reading], ids: dict[str, int]):
+    """Drop readings that overlap one already stored for the GPU, or an earlier one of the same
     batch: their time is metered already (a sampler re-sent it under a new seq, or two samplers
     read one GPU), and counting it again would double its energy. Each drop becomes an event.
-    The GPUs are locked by the caller, so the stored intervals cannot change meanwhile."""
-    s = Sample.__table__
+    The GPUs are locked by the caller, so the stored intervals cannot change meanwhile. One query
+    for all the batch's GPUs."""
+    by_gpu: dict[str, list[Reading]] = {}
+    for reading in readings:
+        by_gpu.setdefault(reading.uuid, []).append(reading)
+    stored: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for gpu_id, a, b in _stored_between(session, sorted({ids[u] for u in by_gpu}),
+                                        min(r.start_us for r in readings), max(r.end_us for r in readings)):
+        stored[gpu_id].append((to_us(a), to_us(b)))
     kept, dropped = [], []
-    by_gpu: dict[str, list[BatchInterval]] = {}
-    for interval in intervals:
-        by_gpu.setdefault(interval.uuid, []).append(interval)
     for uuid, mine in by_gpu.items():
-        mine.sort(key=lambda i: (i.start_us, i.end_us))
-        stored = [(to_us(a), to_us(b)) for a, b in session.execute(
-            sa.select(s.c.start_at, s.c.end_at)
-            .where(s.c.gpu_id == ids[uuid], s.c.start_at < to_datetime(mine[-1].end_us),
-                   s.c.end_at > to_datetime(mine[0].start_us))
-            .order_by(s.c.start_at))]
-        starts = [a for a, _ in stored]
+        mine.sort(key=lambda r: (r.start_us, r.end_us))
+        theirs = stored.get(ids[uuid], [])
+        starts = [a for a, _ in theirs]
         last_end = None
-        for interval in mine:
-            k = bisect.bisect_left(starts, interval.end_us)  # stored intervals never overlap each other
-            in_batch = last_end is not None and interval.start_us < last_end
-            if in_batch or (k and stored[k - 1][1] > interval.start_us):
-                log.warning("interval %s %d..%d overlaps metered time; dropped", uuid, interval.start_us,
-                            interval.end_us)
-                dropped.append(BatchEvent(uuid=uuid, at_us=interval.end_us, kind="overlap-dropped",
-                                          detail=f"{interval.start_us}..{interval.end_us} µs, {interval.energy_mj} mJ: "
+        for r in mine:
+            k = bisect.bisect_left(starts, r.end_us)  # stored intervals never overlap each other
+            in_batch = last_end is not None and r.start_us < last_end
+            if in_batch or (k and theirs[k - 1][1] > r.start_us):
+                log.warning("interval %s %d..%d overlaps metered time; dropped", uuid, r.start_us, r.end_us)
+                dropped.append(BatchEvent(uuid=uuid, at_us=r.end_us, kind="overlap-dropped",
+                                          detail=f"{r.start_us}..{r.end_us} µs, {r.energy_mj} mJ: "
                                                  "overlaps an interval already metered"))
                 continue
-            kept.append(interval)
-            last_end = interval.end_us
+            kept.append(r)
+            last_end = r.end_us
     return kept, dropped
+
+
+# The stored intervals that overlap [lo, hi): those starting inside it, and per GPU the last one
+# starting before it (stored intervals never overlap, so no earlier one can reach it). Both
+# parts are bounded index ranges: "start_at < hi AND end_at > lo" would read the GPUs' history.
+_OVERLAPPING = sa.text("""
+SELECT p.gpu_id, p.start_at, p.end_at
+FROM unnest(CAST(:gpu_ids AS integer[])) AS g(id)
+CROSS JOIN LATERAL (SELECT gpu_id, start_at, end_at FROM sample WHERE gpu_id = g.id AND start_at < :lo
+                    ORDER BY start_at DESC LIMIT 1) AS p
+WHERE p.end_at > :lo
+UNION ALL
+SELECT gpu_id, start_at, end_at FROM sample
+WHERE gpu_id = ANY(CAST(:gpu_ids AS integer[])) AND start_at >= :lo AND start_at < :hi
+ORDER BY 1, 2""")
+
+
+def _stored_between(session: Session, gpu_ids: list[int], lo_us: int, hi_us: int):
+    """(gpu_id, start_at, end_at) of the stored intervals of these GPUs that overlap [lo, hi)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(_OVERLAPPING, {"gpu_ids": gpu_ids, "lo": to_datetime(lo_us), "hi": to_datetime(hi_us)})
+    s = Sample.__table__
+    return session.execute(
+        sa.select(s.c.gpu_id, s.c.start_at, s.c.end_at)
+        .where(s.c.gpu_id.in_(gpu_ids), s.c.start_at < to_datetime(hi_us), s.c.end_at > to_datetime(lo_us))
+        .order_by(s.c.gpu_id, s.c.start_at))
 
 
 def metered_gpu_ids(session: Session, gpu_ids: Sequence[int]) -> list[int]:

@@ -25,14 +25,20 @@ class GpuLayout:
 
 
 def layouts(session: Session, gpu_ids: Iterable[int]) -> dict[int, GpuLayout]:
+    """The GPUs' idle baselines and MIG instances, in one query."""
     g = Gpu.__table__
     ids = list(gpu_ids)
-    models = dict(session.execute(sa.select(g.c.id, g.c.model).where(g.c.id.in_(ids))).all())
+    wanted = set(ids)
+    models: dict[int, str | None] = {}
     instances: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
     for row in session.execute(
-        sa.select(g.c.id, g.c.uuid, g.c.mig_slices, g.c.parent_id).where(g.c.parent_id.in_(ids)).order_by(g.c.id)
+        sa.select(g.c.id, g.c.uuid, g.c.model, g.c.mig_slices, g.c.parent_id)
+        .where(sa.or_(g.c.id.in_(ids), g.c.parent_id.in_(ids))).order_by(g.c.id)
     ):
-        instances[row.parent_id].append((row.id, row.uuid, row.mig_slices or 1))
+        if row.id in wanted:
+            models[row.id] = row.model
+        if row.parent_id in wanted:
+            instances[row.parent_id].append((row.id, row.uuid, row.mig_slices or 1))
     result = {}
     for gpu_id in ids:
         model = models.get(gpu_id)
@@ -76,9 +82,13 @@ class SignalBuilder:
         instance_ids = [i for layout in self.layouts.values() for i, _, _ in layout.instances]
         self.tenancies = tenancies_for(session, [*gpu_ids, *instance_ids], from_us, to_us_)
         self.jobs = job_ids_by_key(session, job_keys)
+        # The signals of an interval with neither process nor MIG detail, one per GPU: most are.
+        self.plain = {gpu_id: GpuSignals(baseline_mw=layout.baseline_mw) for gpu_id, layout in self.layouts.items()}
 
     def for_interval(self, gpu_id: int, processes: Sequence[dict] | None, mig: Sequence[dict] | None) -> GpuSignals:
         layout = self.layouts[gpu_id]
+        if not processes and not (layout.instances and mig):
+            return self.plain[gpu_id]
         uses = tuple(
             ProcessUse(self.jobs.get(p.get("job_key") or ""), p["pid"], p.get("user"), float(p.get("sm_pct") or 0),
                        p.get("job_key"))
