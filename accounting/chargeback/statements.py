@@ -30,16 +30,16 @@ from fractions import Fraction
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from accounting.clock import Clock, to_datetime
+from accounting.clock import Clock, to_datetime, to_us
 from accounting.errors import Conflict, InvalidInput, NotFound
-from accounting.jobs.models import Job
+from accounting.jobs.models import Allocation
 from accounting.ledger.attribution import split_weighted
-from accounting.ledger.grouping import IDLE_GROUP, UNKNOWN, GroupBy, IdlePolicy
+from accounting.ledger.grouping import IDLE_GROUP, UNKNOWN, IdlePolicy
 from accounting.ledger.models import LedgerEntry
-from accounting.work.efficiency import efficiency_by
-from accounting.work.waste import Severity, find_waste
+from accounting.work.efficiency import collect, evaluate
+from accounting.work.waste import Severity, judge
 
-from .cache import cached
+from .cache import Reads, cached
 from .lines import MJ_PER_KWH, Factors, Line, cells
 from .models import Site, Statement, Tariff
 
@@ -128,21 +128,22 @@ def _cell_order(item: tuple) -> tuple:
 
 
 def _work_and_waste(session: Session, group_by: str, start: datetime, end: datetime, clock: Clock) -> dict:
-    """Group → useful work, efficiency and waste, summed from the per-job figures (any grouping)."""
-    jobs = session.exec(select(Job).where(Job.started_at < end,
-                                          sa.or_(Job.ended_at.is_(None), Job.ended_at >= start))).all()
-    key_of = {f"{j.source}:{j.external_id}": _job_key(group_by, j.team, j.project, j.cost_center) for j in jobs}
-    key_of |= {j.id: key_of[f"{j.source}:{j.external_id}"] for j in jobs}
+    """Group → useful work, efficiency and waste, summed from the per-job figures (any grouping).
+    The month's jobs are collected and evaluated once for both (efficiency_by per job and
+    find_waste each did it alone; the per-job figures are the same, and so are the findings)."""
+    usages = collect(session, to_us(start), to_us(end), now_us=clock.now_us(), by_hour=True)
+    jobs = evaluate(session, usages)
     acc: dict = defaultdict(lambda: defaultdict(int))
-    for e in efficiency_by(session, group_by=GroupBy.job, start=start, end=end, clock=clock):
-        a, f = acc[key_of.get(e.group, UNKNOWN)], e.figures
+    for e in jobs:
+        a, f = acc[_job_key(group_by, e.job.team, e.job.project, e.job.cost_center)], e.figures
         if f.flops is not None:  # FLOP counts pass 2^53: summed as ints, never floats
             a["has_flops"], a["flops"], a["flops_j"] = 1, a["flops"] + f.flops, a["flops_j"] + f.energy_j
             if f.mfu is not None and f.capacity_flop:
                 a["rated_flops"], a["capacity_flop"] = a["rated_flops"] + f.flops, a["capacity_flop"] + f.capacity_flop
         if f.tokens is not None:
             a["has_tokens"], a["tokens"], a["tokens_j"] = 1, a["tokens"] + f.tokens, a["tokens_j"] + f.energy_j
-    for finding in find_waste(session, start, end, clock=clock):
+    key_of = {e.job.id: _job_key(group_by, e.job.team, e.job.project, e.job.cost_center) for e in jobs}
+    for finding in judge(jobs):
         if finding.severity == Severity.waste:
             acc[key_of.get(finding.job_id, UNKNOWN)]["waste_j"] += finding.energy_at_stake_j
     return {key: {
@@ -239,7 +240,8 @@ def _delta(figure: str, values: list) -> int | float | str | None:
     return str(d) if figure == "cost" else d if figure == "energy_mj" else round(d, 6)
 
 
-def _adjustments(session: Session, period: str, group_by: str, idle_policy: str, clock: Clock) -> list[dict]:
+def _final_run(session: Session, period: str, group_by: str, idle_policy: str) -> tuple[dict, list[str]]:
+    """The finalized statements before `period`, and the unbroken run of them just before it (latest first)."""
     finals = {s.period: s for s in session.exec(select(Statement).where(
         Statement.group_by == group_by, Statement.idle_policy == idle_policy, Statement.status == "final",
         Statement.period < period)).all()}
@@ -247,6 +249,11 @@ def _adjustments(session: Session, period: str, group_by: str, idle_policy: str,
     while s in finals:
         run.append(s)
         s = shift_period(s, -1)
+    return finals, run
+
+
+def _adjustments(session: Session, period: str, group_by: str, idle_policy: str, clock: Clock) -> list[dict]:
+    finals, run = _final_run(session, period, group_by, idle_policy)
     out = []
     for s in run:
         carried = [a for p in run if p > s for a in finals[p].content.get("adjustments", []) if a["for_period"] == s]
@@ -260,17 +267,35 @@ def _adjustments(session: Session, period: str, group_by: str, idle_policy: str,
     return out
 
 
+def _reads(session: Session, period: str, group_by: str, idle_policy: str) -> Reads:
+    """What a statement depends on: its month's hours and those of the finalized months its
+    adjustments recompute. Months are UTC (parse_period) and so are the ledger's, price and
+    carbon hours: a site's time zone picks its PUE month and tariff hour of a UTC hour, which are
+    site and tariff data (any change to them counts for all time), so no margin is needed.
+    Clock-bound: a job with an open allocation ran then (its life, and so its share of its
+    reported work in the month, grows with now)."""
+    start, end = parse_period(period)
+    run = _final_run(session, period, group_by, idle_policy)[1]
+    if run:
+        start = parse_period(run[-1])[0]
+    a, b = Allocation.__table__, Allocation.__table__.alias("b")
+    clock_bound = session.execute(sa.select(sa.exists().where(
+        a.c.end_at.is_(None), sa.exists().where(b.c.job_id == a.c.job_id, b.c.start_at < end)))).scalar_one()
+    return Reads(start, end, bool(clock_bound))
+
+
 def build_statement(session: Session, *, period: str, group_by: str, idle_policy: str, clock: Clock,
                     progress: Callable[[int, int], None] | None = None, status: str = "open") -> dict:
     """The statement of a UTC month, JSON-ready; `progress(done, total)` is called per GPU-hour."""
     check_choices(group_by, idle_policy)
 
-    def compute() -> dict:
-        return _core(session, period, group_by, idle_policy, clock, progress) | {
+    def compute() -> tuple[dict, Reads]:
+        content = _core(session, period, group_by, idle_policy, clock, progress) | {
             "adjustments": _adjustments(session, period, group_by, idle_policy, clock)}
+        return content, _reads(session, period, group_by, idle_policy)
 
     ended = parse_period(period)[1] <= to_datetime(clock.now_us())
-    content = cached(session, ("statement", period, group_by, idle_policy), compute) if ended else compute()
+    content = cached(session, ("statement", period, group_by, idle_policy), compute) if ended else compute()[0]
     return content | {"status": status, "generated_at": to_datetime(clock.now_us()).isoformat()}
 
 

@@ -133,9 +133,10 @@ class UnattributedUse(SQLModel, table=True):
 
 
 class ChangeLog(SQLModel, table=True):
-    """Which transactions changed what a chargeback statement reads (PostgreSQL triggers, one row
-    per transaction and table): a cached open statement is valid while no row is invisible to
-    the snapshot it was computed from (chargeback/statements.py)."""
+    """Which transactions changed what a chargeback statement reads, and the span of time
+    [start_at, end_at) the change touches (PostgreSQL triggers, one row per transaction and table;
+    NULL: unbounded on that side): a cached open statement is valid while no row overlapping its
+    months is invisible to the snapshot it was computed from (chargeback/cache.py)."""
 
     __tablename__ = "change_log"
 
@@ -143,3 +144,5 @@ class ChangeLog(SQLModel, table=True):
     txid: int = Field(sa_type=sa.BigInteger, index=True)
     table_name: str = Field(max_length=64)
     logged_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    start_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    end_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

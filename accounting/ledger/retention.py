@@ -111,6 +111,7 @@ def expire_samples(session: Session, *, retention_days: int, clock: Clock) -> in
 
 
 def prune_change_log(session: Session, *, clock: Clock, keep_s: int = 3_600) -> int:
-    """Forget change-log rows older than `keep_s` (cached statements live far shorter)."""
+    """Forget change-log rows older than `keep_s`. A cached statement is re-confirmed against the log
+    within cache.CONFIRM_WITHIN_S (30 min) or dropped, so `keep_s` must stay above that."""
     before = to_datetime(clock.now_us() - keep_s * 1_000_000)
     return session.execute(sa.delete(ChangeLog.__table__).where(ChangeLog.logged_at < before)).rowcount

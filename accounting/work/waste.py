@@ -251,11 +251,15 @@ def find_waste(session: Session, start: datetime, end: datetime, *, thresholds: 
     """Every finding in [start, end) widened to whole hours, the largest energy at stake first.
     With a clock, open allocations end now; without one, at the period's end."""
     usages = collect(session, to_us(start), to_us(end), now_us=clock.now_us() if clock else None, by_hour=True)
-    jobs = evaluate(session, usages)
-    findings: list[Finding] = []
-    for e in jobs:
-        findings.extend(_waste(e, thresholds))
+    findings = judge(evaluate(session, usages), thresholds)
+    return sorted(findings, key=lambda f: (-f.energy_at_stake_j, f.job_id, f.kind, f.start))
+
+
+def judge(jobs: list[JobEfficiency], thresholds: Thresholds = Thresholds()) -> list[Finding]:
+    """The findings of jobs already evaluated (the statement evaluates a month's jobs once for
+    its work figures and its waste)."""
+    findings = [f for e in jobs for f in _waste(e, thresholds)]
     wasteful = {f.job_id for f in findings}
     findings.extend(_low_mfu(jobs, wasteful, thresholds))
     findings.extend(f for e in jobs if (f := _memory_bound(e, thresholds)) is not None)
-    return sorted(findings, key=lambda f: (-f.energy_at_stake_j, f.job_id, f.kind, f.start))
+    return findings

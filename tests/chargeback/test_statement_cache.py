@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session
 
 from accounting.chargeback import cache, statements
@@ -87,3 +88,68 @@ def test_a_month_that_has_not_ended_is_computed_each_time(pg_engine, committed):
     statement(pg_engine, clock)
     statement(pg_engine, clock)
     assert committed == ["2026-10", "2026-10"]
+
+
+# ---- invalidation by time: only a change that touches the month's span drops it ---------------
+
+DECEMBER_US = to_us(datetime(2026, 12, 1, 9, tzinfo=UTC))
+
+
+def execute(engine, sql: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.text(sql))
+
+
+def cached_october(engine, clock, computed) -> int:
+    """Ledger in October, its statement computed once; returns how many were computed so far."""
+    ingest(engine, 1, OCTOBER_US, clock)
+    statement(engine, clock)
+    assert computed == ["2026-10"]
+    return len(computed)
+
+
+def test_current_hour_ingest_and_gpu_locks_keep_a_past_month_cached(pg_engine, committed):
+    clock = FakeClock(DECEMBER_US + 3_600_000_000)
+    cached_october(pg_engine, clock, committed)
+    with pg_engine.connect() as connection:
+        logged = connection.execute(sa.text("SELECT coalesce(max(id), 0) FROM change_log")).scalar_one()
+    ingest(pg_engine, 2, DECEMBER_US, clock)  # ingest of the current hour: ledger rows, GPU touched
+    execute(pg_engine, "UPDATE gpu SET id = id")  # a lock-only UPDATE
+    execute(pg_engine, "UPDATE gpu SET last_seen_at = now()")  # not read by a statement
+    execute(pg_engine, "INSERT INTO price_point (series, hour, price_per_kwh, currency) "
+                       "VALUES ('s', '2026-11-01 00:00+00', '0.1', 'EUR')")  # the hour after October
+    with pg_engine.connect() as connection:  # the ingest and the price were logged, with their spans
+        spans = connection.execute(sa.text("SELECT table_name, start_at, end_at FROM change_log WHERE id > :id"),
+                                   {"id": logged}).all()
+    assert {t for t, *_ in spans} >= {"ledger_entry", "price_point"} and "gpu" not in {t for t, *_ in spans}
+    assert all(start is not None and start >= datetime(2026, 11, 1, tzinfo=UTC) for _, start, _ in spans)
+    statement(pg_engine, clock)
+    assert committed == ["2026-10"]
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param("UPDATE ledger_entry SET energy_mj = energy_mj + 1", id="ledger-in-month"),
+    pytest.param("INSERT INTO job (source, external_id, team, kind, started_at, ended_at, created_at) "
+                 "VALUES ('slurm', 'long', 'cv', 'training', '2026-09-20 00:00+00', '2026-11-05 00:00+00', now())",
+                 id="job-overlapping-month"),
+    pytest.param("INSERT INTO price_point (series, hour, price_per_kwh, currency) "
+                 "VALUES ('s', '2026-10-31 23:00+00', '0.1', 'EUR')", id="price-in-month"),
+    pytest.param("INSERT INTO site (name, timezone, pue, currency) VALUES ('far', 'Asia/Tokyo', 1.2, 'JPY')",
+                 id="site"),
+    pytest.param("UPDATE gpu SET model = 'A100-SXM4-80GB'", id="gpu-model"),
+])
+def test_a_change_to_what_the_month_reads_drops_it(pg_engine, committed, change):
+    clock = FakeClock(DECEMBER_US)
+    computed = cached_october(pg_engine, clock, committed)
+    execute(pg_engine, change)
+    statement(pg_engine, clock)
+    assert len(committed) == computed + 1
+
+
+def test_a_job_outside_the_month_keeps_it_cached(pg_engine, committed):
+    clock = FakeClock(DECEMBER_US)
+    cached_october(pg_engine, clock, committed)
+    execute(pg_engine, "INSERT INTO job (source, external_id, team, kind, started_at, created_at) "
+                       "VALUES ('slurm', 'new', 'cv', 'training', '2026-11-20 00:00+00', now())")  # still running
+    statement(pg_engine, clock)
+    assert committed == ["2026-10"]
