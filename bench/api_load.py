@@ -41,7 +41,9 @@ from workers.processes import free_port, stop_process
 from .fleet import (
     BENCH_DB_URL,
     SOURCE,
+    DatabaseUrlOpt,
     Fleet,
+    ForceOpt,
     RefusedDatabase,
     check_bench_database,
     fail,
@@ -217,10 +219,8 @@ def api_load(
     only: Annotated[str | None, typer.Option(help=f"Only these endpoints, comma-separated: {', '.join(MIX)}.")]
     = None,
     skip_seed: Annotated[bool, typer.Option(help="Reuse the database seeded by an earlier run (same sizes).")] = False,
-    database_url: Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_DATABASE_URL or {BENCH_DB_URL}.")]
-    = None,
-    force: Annotated[bool, typer.Option(help="Use a database whose name lacks 'bench' (ITS TABLES ARE DROPPED).")]
-    = False,
+    database_url: DatabaseUrlOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Drive the real API server on loopback with a mix of reads and writes; print requests/s and
     p50/p99 latency per endpoint."""

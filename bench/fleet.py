@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 import sqlalchemy as sa
+import typer
 from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
@@ -35,6 +37,16 @@ from accounting.work.service import record_work
 
 BENCH_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
 BENCH_BROKER_URL = "redis://127.0.0.1:6379/14"
+
+
+# Options the benchmarks share (typer reads them from the Annotated aliases).
+SeedOpt = Annotated[int, typer.Option("--seed")]
+WorkersOpt = Annotated[int, typer.Option(min=1, max=32, help="`celery worker` processes (solo pool each).")]
+GpusOpt = Annotated[int, typer.Option(min=8, help="Simulated GPUs (a multiple of 8; 8 per node).")]
+DatabaseUrlOpt = Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_DATABASE_URL or {BENCH_DB_URL}.")]
+BrokerUrlOpt = Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_BROKER_URL or {BENCH_BROKER_URL} "
+                                                  "(its ingest queue is purged).")]
+ForceOpt = Annotated[bool, typer.Option(help="Use a database whose name lacks 'bench' (ITS TABLES ARE DROPPED).")]
 GPUS_PER_NODE = 8
 MODELS = ("H100 SXM", "A100 SXM", "H200 SXM")  # one model per node, cycling
 TEAMS = ("vision", "language", "speech", "recsys")

@@ -51,7 +51,13 @@ from .fleet import (
     BENCH_BROKER_URL,
     BENCH_DB_URL,
     GPUS_PER_NODE,
+    BrokerUrlOpt,
+    DatabaseUrlOpt,
+    ForceOpt,
+    GpusOpt,
     RefusedDatabase,
+    SeedOpt,
+    WorkersOpt,
     check_bench_database,
     energy_in,
     fail,
@@ -168,16 +174,13 @@ def ingest_vs_copy(
     readings: Annotated[int, typer.Option(min=1_000, help="GPU readings (whole batches: a few more).")] = 48_000,
     batch_readings: Annotated[int, typer.Option(min=8, help="Readings per batch: 8 GPUs × readings per GPU "
                                                 "(80 = the sampler's default 10 s flush at 1 Hz).")] = 80,
-    workers: Annotated[int, typer.Option(min=1, max=32, help="`celery worker` processes (solo pool each).")] = 2,
-    gpus: Annotated[int, typer.Option(min=8, help="Simulated GPUs (a multiple of 8; 8 per node).")] = 64,
+    workers: WorkersOpt = 2,
+    gpus: GpusOpt = 64,
     timeout_s: Annotated[float, typer.Option(min=1, help="At most this long for the ingest.")] = 90.0,
-    seed_value: Annotated[int, typer.Option("--seed")] = 7,
-    database_url: Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_DATABASE_URL or {BENCH_DB_URL}.")]
-    = None,
-    broker_url: Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_BROKER_URL or {BENCH_BROKER_URL} "
-                                                   "(its ingest queue is purged).")] = None,
-    force: Annotated[bool, typer.Option(help="Use a database whose name lacks 'bench' (ITS TABLES ARE DROPPED).")]
-    = False,
+    seed_value: SeedOpt = 7,
+    database_url: DatabaseUrlOpt = None,
+    broker_url: BrokerUrlOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """End-to-end ingest (Redis → real Celery workers → PostgreSQL ledger) vs PostgreSQL COPY of the
     same sample rows, in one run: readings/s of each, the ratio; checks exactly-once and the ledger."""

@@ -40,7 +40,13 @@ from workers.processes import batch_sender, start_worker, stop_process
 from .fleet import (
     BENCH_BROKER_URL,
     BENCH_DB_URL,
+    BrokerUrlOpt,
+    DatabaseUrlOpt,
+    ForceOpt,
+    GpusOpt,
     RefusedDatabase,
+    SeedOpt,
+    WorkersOpt,
     check_bench_database,
     energy_in,
     fail,
@@ -176,18 +182,15 @@ def start_workers(count: int, env: dict[str, str], log_dir: Path, timeout_s: flo
 def ingest_load(
     rate_readings_s: Annotated[float, typer.Option(min=1, help="Readings published per second.")] = 2_000.0,
     duration_s: Annotated[float, typer.Option(min=0.1, help="Seconds of publishing.")] = 30.0,
-    workers: Annotated[int, typer.Option(min=1, max=32, help="`celery worker` processes (solo pool each).")] = 2,
-    gpus: Annotated[int, typer.Option(min=8, help="Simulated GPUs (a multiple of 8; 8 per node).")] = 64,
+    workers: WorkersOpt = 2,
+    gpus: GpusOpt = 64,
     sample_s: Annotated[float, typer.Option(min=0.1, help="Simulated seconds between readings.")] = 1.0,
     batch_s: Annotated[float, typer.Option(min=1, help="Simulated seconds between a node's batches.")] = 10.0,
     drain_s: Annotated[float, typer.Option(min=0, help="At most this long to wait for the backlog.")] = 30.0,
-    seed_value: Annotated[int, typer.Option("--seed")] = 7,
-    database_url: Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_DATABASE_URL or {BENCH_DB_URL}.")]
-    = None,
-    broker_url: Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_BROKER_URL or {BENCH_BROKER_URL} "
-                                                   "(its ingest queue is purged).")] = None,
-    force: Annotated[bool, typer.Option(help="Use a database whose name lacks 'bench' (ITS TABLES ARE DROPPED).")]
-    = False,
+    seed_value: SeedOpt = 7,
+    database_url: DatabaseUrlOpt = None,
+    broker_url: BrokerUrlOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Publish sampler batches at a steady rate to Redis; real Celery workers ingest them into
     PostgreSQL. Prints readings/s ingested, lag p50/p99 and errors; checks exactly-once."""

@@ -36,7 +36,15 @@ from accounting.ledger.retention import ensure_partitions
 from workers.processes import stop_process
 
 from .api_load import admin_key, start_api, wait_ready
-from .fleet import BENCH_DB_URL, RefusedDatabase, check_bench_database, fail, previous_month_start_us, rebuild_schema
+from .fleet import (
+    BENCH_DB_URL,
+    ForceOpt,
+    RefusedDatabase,
+    check_bench_database,
+    fail,
+    previous_month_start_us,
+    rebuild_schema,
+)
 from .seed_plan import Plan, plan
 from .seed_scale import now_utc, seed_factors, seed_gpus_and_jobs, seed_ledger, seed_work_reports
 from .stats import percentile
@@ -164,8 +172,7 @@ def query(
     seed_value: Annotated[int, typer.Option("--seed", help="Seed of the plan and the job draws.")] = 7,
     database_url: Annotated[str | None, typer.Option(help="Default: $WATTLEDGER_DATABASE_URL or "
                                                           f"{BENCH_DB_URL}.")] = None,
-    force: Annotated[bool, typer.Option(help="Use a database whose name lacks 'bench' (ITS TABLES ARE DROPPED).")]
-    = False,
+    force: ForceOpt = False,
 ) -> None:
     """Seed a month of a large fleet by COPY, then time the chargeback and job-energy endpoints."""
     console = Console(width=max(Console().width, 110))

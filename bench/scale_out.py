@@ -59,7 +59,11 @@ from .fleet import (
     BENCH_BROKER_URL,
     BENCH_DB_URL,
     GPUS_PER_NODE,
+    BrokerUrlOpt,
+    DatabaseUrlOpt,
+    ForceOpt,
     RefusedDatabase,
+    SeedOpt,
     check_bench_database,
     energy_in,
     fail,
@@ -321,13 +325,10 @@ def scale_out(
     backlog_readings: Annotated[int, typer.Option(min=1, help="The producers keep at least this many readings "
                                                   "queued.")] = 4_000,
     drain_s: Annotated[float, typer.Option(min=1, help="At most this long for the backlog after the window.")] = 30.0,
-    seed_value: Annotated[int, typer.Option("--seed")] = 7,
-    database_url: Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_DATABASE_URL or {BENCH_DB_URL}.")]
-    = None,
-    broker_url: Annotated[str | None, typer.Option(help=f"Default: $WATTLEDGER_BROKER_URL or {BENCH_BROKER_URL} "
-                                                   "(its ingest queue is purged).")] = None,
-    force: Annotated[bool, typer.Option(help="Use a database whose name lacks 'bench' (ITS TABLES ARE DROPPED).")]
-    = False,
+    seed_value: SeedOpt = 7,
+    database_url: DatabaseUrlOpt = None,
+    broker_url: BrokerUrlOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """S sampler processes keep Redis full; W Celery workers ingest into PostgreSQL, for each W in
     turn. Prints readings/s, the speed-up, CPU of workers and PostgreSQL; checks exactly-once."""
