@@ -39,6 +39,28 @@ SPANS = {
     "gpu": "wl_change_of_gpu",
 }
 UNBOUNDED = ("site", "tariff", "embodied_carbon", "statement")
+
+
+def _job_life_trigger(job_id: str, lo: str, hi: str) -> str:
+    """A trigger on a table of a job's life (the job, its allocations, its work reports): the span
+    its rows name, widened to the whole life of their jobs, old rows included (a job moved out of
+    a month changes that month too)."""
+    return f"""RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE ids bigint[]; lo timestamptz; hi timestamptz; jlo timestamptz; jhi timestamptz;
+BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        SELECT array_agg({job_id}::bigint), min({lo}), max({hi}) INTO ids, lo, hi FROM new_rows;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        SELECT ids || array_agg({job_id}::bigint), least(lo, min({lo})), greatest(hi, max({hi}))
+        INTO ids, lo, hi FROM old_rows;
+    END IF;
+    SELECT s.lo, s.hi INTO jlo, jhi FROM wl_job_span(ids) s;
+    PERFORM wl_note_change(TG_TABLE_NAME, least(lo, jlo), greatest(hi, jhi));
+    RETURN NULL;
+END $$"""
+
+
 FUNCTIONS = {
     # One change_log row per transaction and table, widened by each later statement of that transaction;
     # its id is kept in a transaction-local setting (undone, like the row, by a rolled-back savepoint).
@@ -82,52 +104,9 @@ BEGIN
     PERFORM wl_note_change(TG_TABLE_NAME, lo, hi + interval '1 hour');  -- a row is its whole hour
     RETURN NULL;
 END $$""",
-    "wl_change_of_job()": """RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE ids bigint[]; lo timestamptz; hi timestamptz; jlo timestamptz; jhi timestamptz;
-BEGIN
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        SELECT array_agg(id::bigint), min(started_at), max(coalesce(ended_at, 'infinity'))
-        INTO ids, lo, hi FROM new_rows;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN  -- the old life too: a job moved out of a month changes it
-        SELECT ids || array_agg(id::bigint), least(lo, min(started_at)),
-               greatest(hi, max(coalesce(ended_at, 'infinity')))
-        INTO ids, lo, hi FROM old_rows;
-    END IF;
-    SELECT s.lo, s.hi INTO jlo, jhi FROM wl_job_span(ids) s;
-    PERFORM wl_note_change(TG_TABLE_NAME, least(lo, jlo), greatest(hi, jhi));
-    RETURN NULL;
-END $$""",
-    "wl_change_of_allocation()": """RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE ids bigint[]; lo timestamptz; hi timestamptz; jlo timestamptz; jhi timestamptz;
-BEGIN
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        SELECT array_agg(job_id::bigint), min(start_at), max(coalesce(end_at, 'infinity'))
-        INTO ids, lo, hi FROM new_rows;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        SELECT ids || array_agg(job_id::bigint), least(lo, min(start_at)),
-               greatest(hi, max(coalesce(end_at, 'infinity')))
-        INTO ids, lo, hi FROM old_rows;
-    END IF;
-    SELECT s.lo, s.hi INTO jlo, jhi FROM wl_job_span(ids) s;
-    PERFORM wl_note_change(TG_TABLE_NAME, least(lo, jlo), greatest(hi, jhi));
-    RETURN NULL;
-END $$""",
-    "wl_change_of_work_report()": """RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE ids bigint[]; lo timestamptz; hi timestamptz; jlo timestamptz; jhi timestamptz;
-BEGIN
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        SELECT array_agg(job_id::bigint), min(at), max(at) INTO ids, lo, hi FROM new_rows;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        SELECT ids || array_agg(job_id::bigint), least(lo, min(at)), greatest(hi, max(at))
-        INTO ids, lo, hi FROM old_rows;
-    END IF;
-    SELECT s.lo, s.hi INTO jlo, jhi FROM wl_job_span(ids) s;
-    PERFORM wl_note_change(TG_TABLE_NAME, least(lo, jlo), greatest(hi, jhi));
-    RETURN NULL;
-END $$""",
+    "wl_change_of_job()": _job_life_trigger("id", "started_at", "coalesce(ended_at, 'infinity')"),
+    "wl_change_of_allocation()": _job_life_trigger("job_id", "start_at", "coalesce(end_at, 'infinity')"),
+    "wl_change_of_work_report()": _job_life_trigger("job_id", "at", "at"),
     # A GPU's site, model, parent and MIG slices are read, for all time. A new GPU has no ledger
     # rows yet and changes nothing; an UPDATE that leaves those columns alone (last_seen_at, a
     # lock) logs nothing.
