@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     api_public_metrics: bool = Field(True, description="Serve /metrics without an API key (it carries no "
                                      "team or job labels); when false, any valid key may scrape it.")
     api_max_body_bytes: PositiveInt = Field(1_048_576, description="Largest request body the API reads (413 above).")
+    api_team_max_backdate_s: PositiveInt = Field(
+        3_600, description="A team key registers a job at most this many seconds after it started "
+        "(agent and admin keys, e.g. the Slurm prolog or a backfill, are not limited)."
+    )
     api_max_future_s: PositiveInt = Field(
         86_400, description="A time more than this many seconds after now is refused (422 naming the field)."
     )

@@ -52,6 +52,39 @@ def create_job(session: Session, data: JobCreate, *, clock: Clock) -> Job:
     return job
 
 
+def team_registration_refusal(session: Session, data: JobCreate, *, now_us: int,
+                              max_backdate_s: int) -> tuple[str, str] | None:
+    """Why a team may not register this job of its own, as (field, reason); None when it may.
+
+    A team key writes its own team's jobs only, so the job must not reach into what others hold:
+    its GPUs must be known to the fleet and not held by another team's job from its start on (an
+    allocation would split their energy and show it to us), its project and cost centre must not
+    be another team's (its energy would be billed to them), and it may start at most
+    `max_backdate_s` before now (a backdated job re-attributes history, finalized months too).
+    Agent and admin keys, which the Slurm prolog and operators use, are not limited so.
+    """
+    if to_us(data.started_at) < now_us - max_backdate_s * US_PER_S:
+        return "started_at", f"team keys register jobs at most {max_backdate_s} s after they started"
+    g, a, j = Gpu.__table__, Allocation.__table__, Job.__table__
+    known = set(session.execute(sa.select(g.c.uuid).where(g.c.uuid.in_(data.gpu_uuids))).scalars())
+    if unknown := sorted(set(data.gpu_uuids) - known):
+        return "gpu_uuids", f"unknown to the fleet (no sampler has reported them): {', '.join(unknown)}"
+    held = session.execute(
+        sa.select(g.c.uuid).distinct().select_from(a.join(g, g.c.id == a.c.gpu_id).join(j, j.c.id == a.c.job_id))
+        .where(g.c.uuid.in_(data.gpu_uuids), j.c.team != data.team,
+               sa.or_(a.c.end_at.is_(None), a.c.end_at > data.started_at))
+    ).scalars().all()
+    if held:
+        return "gpu_uuids", f"held by another team's job from `started_at` on: {', '.join(sorted(held))}"
+    for field in ("project", "cost_center"):
+        value = getattr(data, field)
+        if value is not None and session.execute(
+            sa.select(j.c.id).where(j.c[field] == value, j.c.team != data.team).limit(1)
+        ).first():
+            return field, f"{value!r} belongs to another team's jobs"
+    return None
+
+
 def get_job(session: Session, job_id: int, *, for_update: bool = False) -> Job:
     # FOR NO KEY UPDATE: concurrent finishes still queue on the row, but ingest, which takes the
     # GPU locks first and then a foreign-key share lock on the job, is not blocked — with FOR

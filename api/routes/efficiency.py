@@ -157,6 +157,13 @@ def get_waste(
     return WasteAnswer(
         start=start, end=end, energy_at_stake_j=sum(f.energy_at_stake_j for f in findings),
         thresholds=asdict(Thresholds()), units=UNITS,
-        findings=[FindingPublic(**{**asdict(f), "kind": f.kind.value, "severity": f.severity.value})
+        findings=[FindingPublic(**{**asdict(f), "kind": f.kind.value, "severity": f.severity.value,
+                                   "evidence": _evidence_for(principal, f.evidence)})
                   for f in findings],
     )
+
+
+def _evidence_for(principal, evidence: dict) -> dict:
+    # The peers of a low-MFU finding are every team's jobs of its kind on its GPU model: with a
+    # few peers of its own at known MFU, a team could solve the median for another team's job.
+    return {k: v for k, v in evidence.items() if k != "peer_median_mfu"} if principal.is_team else evidence

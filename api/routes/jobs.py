@@ -31,7 +31,7 @@ Writer = Annotated[Principal, Depends(require(Role.admin, Role.team, Role.agent)
 JobReader = Annotated[Principal, Depends(require(Role.admin, Role.finance, Role.team, Role.agent))]
 
 
-def _check_own_team(session, principal: Principal, data: JobCreate) -> None:
+def _check_own_team(session, principal: Principal, data: JobCreate, *, now_us: int, max_backdate_s: int) -> None:
     if not principal.is_team:
         return
     if data.team != principal.team:
@@ -40,12 +40,16 @@ def _check_own_team(session, principal: Principal, data: JobCreate) -> None:
     clash = session.exec(select(Job).where(Job.source == data.source, Job.external_id == data.external_id)).first()
     if clash is not None and clash.team != principal.team:  # say it exists (it must be unique), not its id
         raise Conflict(f"job {data.source}/{data.external_id} exists")
+    refusal = service.team_registration_refusal(session, data, now_us=now_us, max_backdate_s=max_backdate_s)
+    if refusal is not None:
+        field, reason = refusal
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"`{field}`: {reason}")
 
 
 @router.post("/jobs", response_model=JobPublic, status_code=status.HTTP_201_CREATED, responses=documented(409))
 def create_job(data: JobCreate, session: SessionDep, clock: ClockDep, settings: SettingsDep, principal: Writer):
     check_not_ahead("started_at", data.started_at, clock=clock, max_ahead_s=settings.api_max_future_s)
-    _check_own_team(session, principal, data)
+    _check_own_team(session, principal, data, now_us=clock.now_us(), max_backdate_s=settings.api_team_max_backdate_s)
     job = service.create_job(session, data, clock=clock)
     session.commit()
     return service.to_public(job, data.gpu_uuids)

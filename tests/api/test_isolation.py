@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from accounting.ledger.service import ingest_batch
-from tests.api.conftest import T0_US, batch_mj, http_client, iso, job_payload, new_key, register
+from accounting.ledger.service import ingest_batch, register_gpus
+from tests.api.conftest import API_NOW_US, T0_US, batch_mj, http_client, iso, job_payload, new_key, register
 from tests.conftest import truncate_all
 from tests.factories import batch
 
@@ -48,6 +48,7 @@ def world(api_server, pg_engine, api_clock) -> Iterator[World]:
     a = register(admin, "alpha-train", ["GPU-a"], T0_US, team=A, project="alpha-proj", user="alpha-user")["id"]
     b = register(admin, "bravo-train", ["GPU-b"], T0_US, team=B, project="bravo-proj", user="bravo-user")["id"]
     with Session(pg_engine) as session:
+        register_gpus(session, ["GPU-free-a", "GPU-free-b"], now_us=T0_US)
         for raw in (batch("n1", 1, "GPU-a", T0_US, 60), batch("n2", 1, "GPU-b", T0_US, 60, mj_per_s=B_MJ_PER_S)):
             ingest_batch(session, raw, clock=api_clock)
         session.commit()
@@ -69,7 +70,9 @@ REBOUND = {"baseline": f"{iso(T0_US - 2 * H)}/{iso(T0_US - H)}", "current": f"{i
 
 
 def _job(team: str) -> dict:  # {role} makes each role's registration a new job
-    return job_payload(f"new-{team}-{{role}}", [f"GPU-new-{team[0]}-{{role}}"], T0_US + 60 * 10**6, team=team)
+    # On a GPU the fleet knows and no other team holds, started a minute ago: what a team key may
+    # register (tests/api/test_team_registration.py has what it may not).
+    return job_payload(f"new-{team}-{{role}}", [f"GPU-free-{team[0]}"], API_NOW_US - 60 * 10**6, team=team)
 
 
 # A request: (method, path with {a} {b} {statement} filled from Seeded, query, JSON body).
