@@ -14,6 +14,7 @@ window only), starts the real API process on loopback, and measures:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -45,11 +46,12 @@ from .fleet import (
     previous_month_start_us,
     rebuild_schema,
 )
+from .live_ingest import LiveIngest
 from .seed_plan import Plan, plan
 from .seed_scale import now_utc, seed_factors, seed_gpus_and_jobs, seed_ledger, seed_work_reports
 from .stats import percentile
 
-TARGETS_MS = {"chargeback": 250.0, "job-energy": 20.0}
+TARGETS_MS = {"chargeback": 250.0, "chargeback (live ingest)": 250.0, "job-energy": 20.0}
 COUNTED = ("gpu", "job", "allocation", "ledger_entry", "sample", "unattributed_use", "work_report")
 
 
@@ -107,7 +109,9 @@ class Timings:
     """Latencies (ms) per endpoint and the first failures; a failed call ends that endpoint's series."""
 
     def __init__(self, client: httpx.Client) -> None:
-        self.client, self.ms, self.errors = client, {"chargeback (cold)": [], "chargeback": [], "job-energy": []}, []
+        self.client, self.errors, self.bodies = client, [], {}
+        self.ms: dict[str, list[float]] = {"chargeback (cold)": [], "chargeback": [], "chargeback (live ingest)": [],
+                                           "job-energy": []}
 
     def get(self, name: str, path: str, params: dict) -> bool:
         began = time.perf_counter()
@@ -120,11 +124,12 @@ class Timings:
             self.errors.append(f"{name}: {error}")
             return False
         self.ms[name].append((time.perf_counter() - began) * 1_000)
+        self.bodies[name] = response.content
         return True
 
 
 def measure(base_url: str, key: str, period: str, job_ids: list[int], *, chargeback_calls: int, energy_calls: int,
-            budget_s: float, timeout_s: float, seed_value: int) -> Timings:
+            budget_s: float, timeout_s: float, seed_value: int, live: LiveIngest | None = None) -> Timings:
     rng, deadline = random.Random(seed_value), time.monotonic() + budget_s
     params = {"period": period, "group_by": "team"}
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout_s) as client:
@@ -134,11 +139,31 @@ def measure(base_url: str, key: str, period: str, job_ids: list[int], *, chargeb
             for _ in range(chargeback_calls):
                 if time.monotonic() > deadline or not t.get("chargeback", "/v1/chargeback", params):
                     break
+            if live is not None:  # the same calls while ingest commits every 20 ms at the current hour
+                with live:
+                    time.sleep(0.5)
+                    for _ in range(chargeback_calls):
+                        if time.monotonic() > deadline or not t.get("chargeback (live ingest)", "/v1/chargeback",
+                                                                    params):
+                            break
+                if live.error is not None:
+                    t.errors.append(f"live ingest: {live.error!r}")
+                elif _figures(t.bodies.get("chargeback (live ingest)")) != _figures(t.bodies.get("chargeback")):
+                    t.errors.append("chargeback under live ingest differs from the quiescent answer")
         for _ in range(energy_calls):
             if time.monotonic() > deadline or not t.get("job-energy", f"/v1/jobs/{rng.choice(job_ids)}/energy",
                                                         {"unit": "kWh"}):
                 break
     return t
+
+
+def _figures(body: bytes | None) -> dict | None:
+    """A chargeback answer less the time it was served at (`generated_at`)."""
+    if body is None:
+        return None
+    answer = json.loads(body)
+    answer["statement"].pop("generated_at", None)
+    return answer
 
 
 def render(results: dict[str, list[float]], console: Console, title: str) -> bool:
@@ -166,6 +191,8 @@ def query(
     sample_s: Annotated[int, typer.Option(min=60, help="Seconds per seeded sample (a multiple of 60).")] = 60,
     chargeback_calls: Annotated[int, typer.Option(min=1, help="Chargeback calls after the cold one.")] = 20,
     energy_calls: Annotated[int, typer.Option(min=1, help="Job-energy calls, random jobs.")] = 200,
+    live_ingest: Annotated[bool, typer.Option(help="Repeat the chargeback calls while ingest commits every 20 ms "
+                                              "at the current hour.")] = True,
     budget_s: Annotated[float, typer.Option(min=1, help="Stop measuring after this many seconds.")] = 300.0,
     timeout_s: Annotated[float, typer.Option(min=1, help="Give up on one request after this many seconds.")] = 300.0,
     reuse: Annotated[bool, typer.Option(help="Skip seeding when the database holds this plan's fleet.")] = False,
@@ -197,18 +224,25 @@ def query(
     checked, wrong = conservation(engine)
     console.print(f"conservation over the sampled GPU-hours: {checked:,} checked, {wrong} where Σ ledger ≠ Σ samples")
     key = admin_key(engine)
+    with engine.connect() as connection:
+        uuids = list(connection.execute(sa.text("SELECT uuid FROM gpu ORDER BY id LIMIT 4")).scalars())
     engine.dispose()
     job_ids = list(range(1, len(p.jobs) + 1))
+    live = LiveIngest(url, uuids) if live_ingest else None
     with tempfile.TemporaryDirectory(prefix="wl-bench-query-") as home:
         proc, base_url = start_api(url, Path(home))
         try:
             wait_ready(proc, base_url)
             timings = measure(base_url, key, start.strftime("%Y-%m"), job_ids, chargeback_calls=chargeback_calls,
-                              energy_calls=energy_calls, budget_s=budget_s, timeout_s=timeout_s, seed_value=seed_value)
+                              energy_calls=energy_calls, budget_s=budget_s, timeout_s=timeout_s, seed_value=seed_value,
+                              live=live)
         finally:
             stop_process(proc)
     passed = render(timings.ms, console, f"Query latency over HTTP: {gpus} GPUs × {days} d, period "
                     f"{start:%Y-%m}, {stored['ledger_entry']:,} ledger rows")
+    if live is not None:
+        console.print(f"live ingest: {live.commits:,} batches committed at the current hour during those calls; "
+                      "the answers equal the quiescent one" if not timings.errors else "")
     for error in timings.errors:
         console.print(f"[red]error[/] {error}")
     raise typer.Exit(0 if passed and not wrong and not timings.errors else 1)

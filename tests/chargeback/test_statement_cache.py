@@ -114,6 +114,11 @@ def test_current_hour_ingest_and_gpu_locks_keep_a_past_month_cached(pg_engine, c
     with pg_engine.connect() as connection:
         logged = connection.execute(sa.text("SELECT coalesce(max(id), 0) FROM change_log")).scalar_one()
     ingest(pg_engine, 2, DECEMBER_US, clock)  # ingest of the current hour: ledger rows, GPU touched
+    # A statement that changes no row still fires its statement-level trigger, with empty
+    # transition tables (ingest's UPDATE of this hour's rows before they exist does): that was
+    # once logged as an unbounded change and dropped every cached month on every ingest.
+    execute(pg_engine, "UPDATE ledger_entry SET energy_mj = energy_mj WHERE false")
+    execute(pg_engine, "UPDATE allocation SET end_at = end_at WHERE false")
     execute(pg_engine, "UPDATE gpu SET id = id")  # a lock-only UPDATE
     execute(pg_engine, "UPDATE gpu SET last_seen_at = now()")  # not read by a statement
     execute(pg_engine, "INSERT INTO price_point (series, hour, price_per_kwh, currency) "
