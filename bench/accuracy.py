@@ -214,7 +214,5 @@ def accuracy(
                   f"wall time {time.perf_counter() - began:.1f} s")  # fmt: skip
 
 
-main = accuracy
-
 if __name__ == "__main__":
     typer.run(accuracy)

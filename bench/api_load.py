@@ -39,13 +39,13 @@ from accounting.ledger.models import LedgerEntry
 from workers.processes import free_port, stop_process
 
 from .fleet import (
-    BENCH_DB_URL,
     SOURCE,
     DatabaseUrlOpt,
     Fleet,
     ForceOpt,
     RefusedDatabase,
     check_bench_database,
+    database_url_of,
     fail,
     ingest_all,
     plan_fleet,
@@ -225,7 +225,7 @@ def api_load(
     """Drive the real API server on loopback with a mix of reads and writes; print requests/s and
     p50/p99 latency per endpoint."""
     console = Console(width=max(Console().width, 110))
-    url = database_url or os.environ.get("WATTLEDGER_DATABASE_URL") or BENCH_DB_URL
+    url = database_url_of(database_url)
     try:
         check_bench_database(url, force=force)
     except RefusedDatabase as exc:

@@ -8,6 +8,7 @@ Reusable by later benchmarks (issue 9's COPY comparison): `plan_fleet`, `sampler
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 from collections.abc import Callable, Iterator
@@ -38,6 +39,16 @@ from accounting.work.service import record_work
 BENCH_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
 BENCH_BROKER_URL = "redis://127.0.0.1:6379/14"
 
+
+
+def database_url_of(option: str | None) -> str:
+    """--database-url, else $WATTLEDGER_DATABASE_URL, else the local `bench` database."""
+    return option or os.environ.get("WATTLEDGER_DATABASE_URL") or BENCH_DB_URL
+
+
+def broker_url_of(option: str | None) -> str:
+    """--broker-url, else $WATTLEDGER_BROKER_URL, else the bench's own Redis database."""
+    return option or os.environ.get("WATTLEDGER_BROKER_URL") or BENCH_BROKER_URL
 
 # Options the benchmarks share (typer reads them from the Annotated aliases).
 SeedOpt = Annotated[int, typer.Option("--seed")]

@@ -48,8 +48,6 @@ from workers.celery_app import make_celery
 from workers.processes import batch_sender, stop_process
 
 from .fleet import (
-    BENCH_BROKER_URL,
-    BENCH_DB_URL,
     GPUS_PER_NODE,
     BrokerUrlOpt,
     DatabaseUrlOpt,
@@ -58,7 +56,9 @@ from .fleet import (
     RefusedDatabase,
     SeedOpt,
     WorkersOpt,
+    broker_url_of,
     check_bench_database,
+    database_url_of,
     energy_in,
     fail,
     readings_in,
@@ -185,8 +185,8 @@ def ingest_vs_copy(
     """End-to-end ingest (Redis → real Celery workers → PostgreSQL ledger) vs PostgreSQL COPY of the
     same sample rows, in one run: readings/s of each, the ratio; checks exactly-once and the ledger."""
     console = Console(width=max(Console().width, 110))
-    url = database_url or os.environ.get("WATTLEDGER_DATABASE_URL") or BENCH_DB_URL
-    broker = broker_url or os.environ.get("WATTLEDGER_BROKER_URL") or BENCH_BROKER_URL
+    url = database_url_of(database_url)
+    broker = broker_url_of(broker_url)
     if batch_readings % GPUS_PER_NODE:
         raise typer.Exit(fail(console, f"--batch-readings must be a multiple of {GPUS_PER_NODE}"))
     try:

@@ -17,7 +17,6 @@ POLL_S) and publish → ingest start (the row's ingested_at), errors. Exits 1 on
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import threading
 import time
@@ -38,8 +37,6 @@ from workers.celery_app import make_celery
 from workers.processes import batch_sender, start_worker, stop_process
 
 from .fleet import (
-    BENCH_BROKER_URL,
-    BENCH_DB_URL,
     BrokerUrlOpt,
     DatabaseUrlOpt,
     ForceOpt,
@@ -47,7 +44,9 @@ from .fleet import (
     RefusedDatabase,
     SeedOpt,
     WorkersOpt,
+    broker_url_of,
     check_bench_database,
+    database_url_of,
     energy_in,
     fail,
     plan_fleet,
@@ -195,8 +194,8 @@ def ingest_load(
     """Publish sampler batches at a steady rate to Redis; real Celery workers ingest them into
     PostgreSQL. Prints readings/s ingested, lag p50/p99 and errors; checks exactly-once."""
     console = Console(width=max(Console().width, 110))
-    url = database_url or os.environ.get("WATTLEDGER_DATABASE_URL") or BENCH_DB_URL
-    broker = broker_url or os.environ.get("WATTLEDGER_BROKER_URL") or BENCH_BROKER_URL
+    url = database_url_of(database_url)
+    broker = broker_url_of(broker_url)
     try:
         check_bench_database(url, force=force)
     except RefusedDatabase as exc:

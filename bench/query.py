@@ -15,7 +15,6 @@ window only), starts the real API process on loopback, and measures:
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -42,6 +41,7 @@ from .fleet import (
     ForceOpt,
     RefusedDatabase,
     check_bench_database,
+    database_url_of,
     fail,
     previous_month_start_us,
     rebuild_schema,
@@ -203,7 +203,7 @@ def query(
 ) -> None:
     """Seed a month of a large fleet by COPY, then time the chargeback and job-energy endpoints."""
     console = Console(width=max(Console().width, 110))
-    url = database_url or os.environ.get("WATTLEDGER_DATABASE_URL") or BENCH_DB_URL
+    url = database_url_of(database_url)
     try:
         check_bench_database(url, force=force)
         began = time.perf_counter()

@@ -213,7 +213,5 @@ def sampler_cost(
                       f"({startup_cpu_s:.1f} CPU s to start) — {verdict} the {TARGET_PCT:g} % target")  # fmt: skip
 
 
-main = sampler_cost
-
 if __name__ == "__main__":
     typer.run(sampler_cost)

@@ -56,15 +56,15 @@ from workers.processes import batch_sender, stop_process
 from workers.queues import QueueName
 
 from .fleet import (
-    BENCH_BROKER_URL,
-    BENCH_DB_URL,
     GPUS_PER_NODE,
     BrokerUrlOpt,
     DatabaseUrlOpt,
     ForceOpt,
     RefusedDatabase,
     SeedOpt,
+    broker_url_of,
     check_bench_database,
+    database_url_of,
     energy_in,
     fail,
     plan_fleet,
@@ -337,8 +337,8 @@ def scale_out(
     if batch_readings % GPUS_PER_NODE:
         raise typer.BadParameter(f"a multiple of {GPUS_PER_NODE} (one reading per GPU per step)",
                                  param_hint="--batch-readings")
-    url = database_url or os.environ.get("WATTLEDGER_DATABASE_URL") or BENCH_DB_URL
-    broker = broker_url or os.environ.get("WATTLEDGER_BROKER_URL") or BENCH_BROKER_URL
+    url = database_url_of(database_url)
+    broker = broker_url_of(broker_url)
     try:
         check_bench_database(url, force=force)
     except RefusedDatabase as exc:
