@@ -10,7 +10,7 @@ power) is built once per sensor — "average-1s", "part-time-25", "instant" — 
 
 Per job, against the fleet's truth (true_account_energies_j):
 - counter: the real pipeline, as bench/alibaba_replay.py runs it: a Sampler per node reading at
-  1 Hz (the sampler's default), batches every 60 s through ledger.service.ingest_batch into a
+  1 Hz (the sampler's default), batches every 60 s through ledger.ingest.ingest_batch into a
   temporary SQLite ledger, the job's energy from ledger.reports.job_energy. It reads no power (no
   counter resets here; checked), so one run holds for every sensor;
 - poll P s, P in 1, 5, 15, 30 (Kepler's default interval, CodeCarbon's, DCGM's and Slurm's): the

@@ -30,7 +30,7 @@ from accounting.gpu.specs import get_spec
 from accounting.gpu.workloads import FakeBusy, IdleAllocated, Inference, Training, Workload
 from accounting.jobs.models import JobCreate, JobKind
 from accounting.jobs.service import create_job, finish_job
-from accounting.ledger.service import ingest_batch
+from accounting.ledger.ingest import ingest_batch
 from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool
 from accounting.work.models import WorkReportCreate

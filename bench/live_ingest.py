@@ -1,7 +1,7 @@
 """Ingest going on in the background, as in production, while a benchmark reads.
 
 A thread takes a small sampler batch into the ledger every `every_s` (the real
-`ledger.service.ingest_batch`, one committed transaction each) for a few GPUs at the current
+`ledger.ingest.ingest_batch`, one committed transaction each) for a few GPUs at the current
 hour: the writes a statement cache must not be invalidated by, since they are outside every
 finished month.
 """
@@ -17,8 +17,8 @@ from sqlmodel import Session
 from accounting.clock import SystemClock, hour_floor_us, to_datetime
 from accounting.db import make_engine
 from accounting.jobs.models import Gpu
+from accounting.ledger.ingest import ingest_batch
 from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample
-from accounting.ledger.service import ingest_batch
 
 STEP_US = 20_000  # each batch: one 20 ms interval per GPU
 POWER_MW = 500_000  # 500 W

@@ -17,7 +17,7 @@ from accounting.clock import US_PER_S, FakeClock, to_datetime
 from accounting.gpu.specs import SPECS
 from accounting.jobs.models import JobCreate
 from accounting.jobs.service import create_job, finish_job
-from accounting.ledger.service import ingest_batch
+from accounting.ledger.ingest import ingest_batch
 from accounting.work.models import WorkReportCreate
 from accounting.work.service import record_work
 from tests.conftest import T0_US, truncate_all

@@ -39,7 +39,7 @@ from accounting.gpu.simulated import SimGpu, SimulatedFleet
 from accounting.gpu.workloads import STEP_US, Inference, Training, Workload
 from accounting.jobs.models import JobCreate, JobKind
 from accounting.jobs.service import create_job, finish_job
-from accounting.ledger.service import ingest_batch
+from accounting.ledger.ingest import ingest_batch
 from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool
 

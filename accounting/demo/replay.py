@@ -14,7 +14,7 @@ from accounting.clock import US_PER_S, FakeClock, to_datetime
 from accounting.gpu.backend import GpuBackend, ProcessResolver
 from accounting.jobs.models import JobCreate
 from accounting.jobs.service import create_job, finish_job
-from accounting.ledger.service import ingest_batch
+from accounting.ledger.ingest import ingest_batch
 from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool
 

@@ -1,34 +1,26 @@
-"""Ingest sampler batches into samples and the hourly ledger; re-attribute when jobs change.
+"""The ledger's building blocks, and re-attribution when jobs change.
 
-Both paths attribute every interval by `attribute_interval` (ingest books its common case, one
-piece with at most one holder, straight to the ledger row that function would give), so ingest
-and re-attribution cannot disagree. Ingest is made for throughput: a hand-checked batch, one COPY
-for the samples, one upsert for the ledger, a fixed dozen statements a batch. The caller owns
-the transaction (and commits once).
+Deltas sum attributed shares per ledger row; `add_to_ledger` adds them in one upsert per table;
+`register_gpus` names and locks GPUs. Ingest (ingest.py) and `reattribute` both attribute every
+interval by `attribute_interval`, so they cannot disagree. The caller owns the transaction.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import sqlalchemy as sa
-from pydantic import ValidationError
 from sqlmodel import Session
 
-from accounting.clock import US_PER_HOUR, US_PER_S, Clock, hour_floor_us, to_datetime, to_us
-from accounting.db import copy_rows, lock_gpus, upsert_adding
-from accounting.errors import InvalidInput
+from accounting.clock import US_PER_S, hour_floor_us, to_datetime, to_us
+from accounting.db import lock_gpus, upsert_adding
 from accounting.gpu.specs import match_spec
 from accounting.jobs.models import Gpu
 
-from .attribution import EXCLUSIVE, Share, attribute_interval, whole_piece_holders
-from .batch import BatchEvent, ParsedBatch, Reading, checked_batch
-from .models import IDLE, UNATTRIBUTED, GpuEvent, IngestedBatch, LedgerEntry, Sample, UnattributedUse, job_account
+from .attribution import Share, attribute_interval
+from .models import IDLE, UNATTRIBUTED, LedgerEntry, Sample, UnattributedUse, job_account
 from .signals import SignalBuilder
 
 log = logging.getLogger(__name__)
@@ -90,24 +82,6 @@ class Deltas:
             slot[7] += round(gpu_us * (dram or 0) / 100)
 
 
-@dataclass(frozen=True)
-class IngestResult:
-    node: str
-    seq: int
-    duplicate: bool
-    intervals: int
-    energy_mj: int
-
-
-def parse_batch(raw: dict) -> ParsedBatch:
-    try:
-        return checked_batch(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "batch"
-        raise InvalidInput(field, first["msg"]) from exc
-
-
 def _insert(session: Session):
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -123,9 +97,10 @@ DESCRIBED = ("name", "index", "node", "model", "parent_id", "mig_profile", "mig_
 
 def register_gpus(
     session: Session, uuids: Sequence[str], *, now_us: int, node: str | None = None, described=None,
-    lock: bool = False,
+    lock: bool = False, nodes: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
-    """Insert-if-absent (race-free) and describe GPUs; returns uuid → id. A GPU whose description
+    """Insert-if-absent (race-free) and describe GPUs; returns uuid → id. A described GPU is on
+    `node`, or on `nodes[uuid]` where given (batches of several nodes). A GPU whose description
     is unchanged and whose last_seen_at is recent is only read, not written. `lock`: the GPUs are
     locked as by `lock_gpus` (on PostgreSQL by the same statement that reads them)."""
     described = described or {}
@@ -150,7 +125,8 @@ def register_gpus(
     changes = []
     for uuid, info in described.items():
         spec = match_spec(info.name) if info.name and not info.parent_uuid else None
-        wanted = {"name": info.name, "index": info.index, "node": node, "model": spec.model if spec else None,
+        wanted = {"name": info.name, "index": info.index, "node": nodes.get(uuid, node) if nodes else node,
+                  "model": spec.model if spec else None,
                   "parent_id": ids[info.parent_uuid] if info.parent_uuid else None,
                   "mig_profile": info.mig_profile, "mig_slices": info.mig_slices}
         row = known[uuid]
@@ -177,144 +153,6 @@ def add_to_ledger(session: Session, deltas: Deltas) -> None:
          "job_key": job_key}
         for (gpu_id, hour_us, pid, user), (energy, job_key) in deltas.unattributed.items()
     ], ("energy_mj",))
-
-
-def ingest_batch(session: Session, raw: dict, *, clock: Clock) -> IngestResult:
-    """Take one sampler batch into samples and the ledger, exactly once per (node, seq).
-
-    A batch costs a fixed dozen statements whatever its size: samples go in by one COPY (one
-    INSERT on SQLite), ledger rows by one upsert."""
-    batch = parse_batch(raw)
-    now_us = clock.now_us()
-    uuids = {r.uuid for r in batch.readings} | {e.uuid for e in batch.events if e.uuid}
-    ids = register_gpus(session, sorted(uuids), now_us=now_us, node=batch.node,
-                        described={g.uuid: g for g in batch.gpus}, lock=True)
-    seen = session.execute(
-        sa.select(IngestedBatch.id).where(IngestedBatch.node == batch.node, IngestedBatch.seq == batch.seq)
-    ).first()
-    if seen:
-        total_mj = sum(r.energy_mj for r in batch.readings)
-        log.info("batch %s/%s already ingested; ignored", batch.node, batch.seq)
-        return IngestResult(batch.node, batch.seq, True, len(batch.readings), total_mj)
-    readings, dropped = _without_overlaps(session, batch.readings, ids) if batch.readings else ([], [])
-    total_mj = sum(r.energy_mj for r in readings)
-    events = [*batch.events, *dropped]
-    if readings:
-        gpu_ids = [ids[r.uuid] for r in readings]
-        store_samples(session, readings, gpu_ids)
-        add_to_ledger(session, _deltas(session, readings, gpu_ids))
-    if events:
-        session.execute(sa.insert(GpuEvent.__table__), [
-            {"gpu_id": ids.get(e.uuid) if e.uuid else None, "node": batch.node,
-             "at": to_datetime(e.at_us), "kind": e.kind, "detail": e.detail}
-            for e in events
-        ])
-    session.execute(sa.insert(IngestedBatch.__table__).values(
-        node=batch.node, seq=batch.seq, ingested_at=to_datetime(now_us), intervals=len(readings), energy_mj=total_mj))
-    return IngestResult(batch.node, batch.seq, False, len(readings), total_mj)
-
-
-def _deltas(session: Session, readings: list[Reading], gpu_ids: list[int]) -> Deltas:
-    """Every reading attributed, summed per ledger row. Most readings are one piece with one
-    holder (or none) and no process or MIG detail: `attribute_interval` would give them one
-    share of all their energy and time, so they go straight to their ledger row."""
-    signals = SignalBuilder(
-        session, sorted(set(gpu_ids)), min(r.start_us for r in readings), max(r.end_us for r in readings),
-        {p["job_key"] for r in readings if r.processes for p in r.processes if p["job_key"]},
-    )
-    tenancies, layouts, deltas = signals.tenancies, signals.layouts, Deltas()
-    for r, gpu_id in zip(readings, gpu_ids, strict=True):
-        activity = Activity(r.gpu_util_pct, r.sm_active_pct, r.tensor_active_pct, r.dram_bw_pct)
-        held = tenancies.get(gpu_id, ())
-        if r.processes is None and not (r.mig and layouts[gpu_id].instances) and r.method == "counter":
-            holders = whole_piece_holders(r.start_us, r.end_us, held)
-            if holders is not None and len(holders) <= 1:
-                deltas.put(gpu_id, r.start_us - r.start_us % US_PER_HOUR, holders[0] if holders else None, EXCLUSIVE,
-                           r.energy_mj, r.end_us - r.start_us, activity)
-                continue
-        deltas.add(gpu_id, attribute_interval(r.start_us, r.end_us, r.energy_mj, r.method, held,
-                                              signals.for_interval(gpu_id, r.processes, r.mig)), activity)
-    return deltas
-
-
-SAMPLE_COLUMNS = ("gpu_id", "start_at", "end_at", *Reading._fields[3:])
-
-
-def store_samples(session: Session, readings: Sequence[Reading], gpu_ids: Sequence[int]) -> None:
-    """The readings as `sample` rows: one binary COPY on PostgreSQL, one INSERT elsewhere."""
-    times: dict[int, object] = {}  # the GPUs of a node share their reading times: convert each once
-
-    def at(t_us: int):
-        value = times.get(t_us)
-        if value is None:
-            value = times[t_us] = to_datetime(t_us)
-        return value
-
-    rows = [(gpu_id, at(r.start_us), at(r.end_us), *r[3:]) for r, gpu_id in zip(readings, gpu_ids, strict=True)]
-    if session.get_bind().dialect.name == "postgresql":
-        copy_rows(session, Sample.__table__, SAMPLE_COLUMNS, rows)
-    else:
-        session.execute(sa.insert(Sample.__table__), [dict(zip(SAMPLE_COLUMNS, row, strict=True)) for row in rows])
-
-
-def _without_overlaps(session: Session, readings: Sequence[Reading], ids: dict[str, int]):
-    """Drop readings that overlap one already stored for the GPU, or an earlier one of the same
-    batch: their time is metered already (a sampler re-sent it under a new seq, or two samplers
-    read one GPU), and counting it again would double its energy. Each drop becomes an event.
-    The GPUs are locked by the caller, so the stored intervals cannot change meanwhile. One query
-    for all the batch's GPUs."""
-    by_gpu: dict[str, list[Reading]] = {}
-    for reading in readings:
-        by_gpu.setdefault(reading.uuid, []).append(reading)
-    stored: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for gpu_id, a, b in _stored_between(session, sorted({ids[u] for u in by_gpu}),
-                                        min(r.start_us for r in readings), max(r.end_us for r in readings)):
-        stored[gpu_id].append((to_us(a), to_us(b)))
-    kept, dropped = [], []
-    for uuid, mine in by_gpu.items():
-        mine.sort(key=lambda r: (r.start_us, r.end_us))
-        theirs = stored.get(ids[uuid], [])
-        starts = [a for a, _ in theirs]
-        last_end = None
-        for r in mine:
-            k = bisect.bisect_left(starts, r.end_us)  # stored intervals never overlap each other
-            in_batch = last_end is not None and r.start_us < last_end
-            if in_batch or (k and theirs[k - 1][1] > r.start_us):
-                log.warning("interval %s %d..%d overlaps metered time; dropped", uuid, r.start_us, r.end_us)
-                dropped.append(BatchEvent(uuid=uuid, at_us=r.end_us, kind="overlap-dropped",
-                                          detail=f"{r.start_us}..{r.end_us} µs, {r.energy_mj} mJ: "
-                                                 "overlaps an interval already metered"))
-                continue
-            kept.append(r)
-            last_end = r.end_us
-    return kept, dropped
-
-
-# The stored intervals that overlap [lo, hi): those starting inside it, and per GPU the last one
-# starting before it (stored intervals never overlap, so no earlier one can reach it). Both
-# parts are bounded index ranges: "start_at < hi AND end_at > lo" would read the GPUs' history.
-_OVERLAPPING = sa.text("""
-SELECT p.gpu_id, p.start_at, p.end_at
-FROM unnest(CAST(:gpu_ids AS integer[])) AS g(id)
-CROSS JOIN LATERAL (SELECT gpu_id, start_at, end_at FROM sample WHERE gpu_id = g.id AND start_at < :lo
-                    ORDER BY start_at DESC LIMIT 1) AS p
-WHERE p.end_at > :lo
-UNION ALL
-SELECT gpu_id, start_at, end_at FROM sample
-WHERE gpu_id = ANY(CAST(:gpu_ids AS integer[])) AND start_at >= :lo AND start_at < :hi
-ORDER BY 1, 2""")
-
-
-def _stored_between(session: Session, gpu_ids: list[int], lo_us: int, hi_us: int):
-    """(gpu_id, start_at, end_at) of the stored intervals of these GPUs that overlap [lo, hi)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return session.execute(_OVERLAPPING, {"gpu_ids": gpu_ids, "lo": to_datetime(lo_us), "hi": to_datetime(hi_us)})
-    s = Sample.__table__
-    return session.execute(
-        sa.select(s.c.gpu_id, s.c.start_at, s.c.end_at)
-        .where(s.c.gpu_id.in_(gpu_ids), s.c.start_at < to_datetime(hi_us), s.c.end_at > to_datetime(lo_us))
-        .order_by(s.c.gpu_id, s.c.start_at))
-
 
 def metered_gpu_ids(session: Session, gpu_ids: Sequence[int]) -> list[int]:
     """The GPUs whose energy is metered: a MIG instance is metered on its parent."""

@@ -19,7 +19,7 @@ from sqlmodel import Session
 from accounting.auth.service import create_key
 from accounting.clock import US_PER_HOUR, FakeClock, to_datetime
 from accounting.config import Settings
-from accounting.ledger.service import IngestResult, ingest_batch
+from accounting.ledger.ingest import IngestResult, ingest_batch
 from api.main import create_app
 from tests.conftest import PG_URL, T0_US, truncate_all
 from tests.factories import job

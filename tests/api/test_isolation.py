@@ -14,7 +14,8 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from accounting.ledger.service import ingest_batch, register_gpus
+from accounting.ledger.ingest import ingest_batch
+from accounting.ledger.service import register_gpus
 from tests.api.conftest import API_NOW_US, T0_US, batch_mj, http_client, iso, job_payload, new_key, register
 from tests.conftest import truncate_all
 from tests.factories import batch

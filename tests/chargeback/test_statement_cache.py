@@ -13,7 +13,7 @@ from sqlmodel import Session
 from accounting.chargeback import cache, statements
 from accounting.chargeback.statements import build_statement
 from accounting.clock import FakeClock, to_us
-from accounting.ledger.service import ingest_batch
+from accounting.ledger.ingest import ingest_batch
 from tests.conftest import truncate_all
 from tests.factories import batch
 

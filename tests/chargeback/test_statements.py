@@ -36,7 +36,7 @@ from accounting.clock import FakeClock, to_us
 from accounting.errors import InvalidInput
 from accounting.jobs.models import Gpu, JobCreate
 from accounting.jobs.service import create_job, finish_job
-from accounting.ledger.service import ingest_batch
+from accounting.ledger.ingest import ingest_batch
 from accounting.work.models import WorkReportCreate
 from accounting.work.service import record_work
 

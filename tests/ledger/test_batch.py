@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from accounting.errors import InvalidInput
 from accounting.ledger.batch import MAX_GPUS, MAX_PIDS
-from accounting.ledger.service import ingest_batch, parse_batch
+from accounting.ledger.ingest import ingest_batch, parse_batch
 from tests.conftest import T0_US
 from tests.factories import batch
 

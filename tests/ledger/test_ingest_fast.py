@@ -18,9 +18,10 @@ from accounting.jobs.models import Gpu
 from accounting.jobs.service import create_job, finish_job
 from accounting.ledger.attribution import NO_SIGNALS, Tenancy, _pieces, attribute_interval
 from accounting.ledger.batch import _US_MAX, Batch, _from_model, checked_batch
+from accounting.ledger.ingest import ingest_batch
 from accounting.ledger.models import GpuEvent, LedgerEntry, Sample
 from accounting.ledger.reports import conservation_errors, fleet_totals
-from accounting.ledger.service import SUMMED, ingest_batch, reattribute
+from accounting.ledger.service import SUMMED, reattribute
 from tests.conftest import T0_US
 from tests.factories import batch, job
 

@@ -13,6 +13,7 @@ from sqlmodel import Session
 from accounting.clock import US_PER_S, FakeClock, to_datetime, to_us
 from accounting.jobs.models import Gpu
 from accounting.jobs.service import create_job, finish_job
+from accounting.ledger.ingest import ingest_batch
 from accounting.ledger.models import ChangeLog, Sample
 from accounting.ledger.reports import fleet_totals, job_energy
 from accounting.ledger.retention import (
@@ -23,7 +24,6 @@ from accounting.ledger.retention import (
     partitioned,
     prune_change_log,
 )
-from accounting.ledger.service import ingest_batch
 from tests.conftest import T0_US
 from tests.factories import batch, job
 

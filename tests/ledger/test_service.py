@@ -8,10 +8,10 @@ import sqlalchemy as sa
 from accounting.clock import US_PER_HOUR, US_PER_S, to_datetime
 from accounting.errors import InvalidInput
 from accounting.jobs.service import create_job, finish_job
+from accounting.ledger.ingest import ingest_batch
 from accounting.ledger.models import GpuEvent, IngestedBatch, LedgerEntry, Sample
 from accounting.ledger.reports import conservation_errors, fleet_totals, job_energy
 from accounting.ledger.retention import expire_samples
-from accounting.ledger.service import ingest_batch
 from tests.conftest import T0_US
 from tests.factories import batch, job
 

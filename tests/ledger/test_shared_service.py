@@ -7,8 +7,8 @@ import pytest
 from accounting.clock import US_PER_HOUR, US_PER_S, to_datetime
 from accounting.jobs.service import create_job, list_gpus
 from accounting.ledger.grouping import GroupBy, IdlePolicy, energy_by_group
+from accounting.ledger.ingest import ingest_batch
 from accounting.ledger.reports import conservation_errors, fleet_totals, job_energy
-from accounting.ledger.service import ingest_batch
 from tests.conftest import T0_US
 from tests.factories import batch, job
 

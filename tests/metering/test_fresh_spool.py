@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from accounting.clock import US_PER_HOUR, US_PER_S, FakeClock
 from accounting.gpu.simulated import SimulatedFleet
 from accounting.gpu.workloads import Training
+from accounting.ledger.ingest import ingest_batch
 from accounting.ledger.models import LedgerEntry
-from accounting.ledger.service import ingest_batch
 from accounting.metering.sampler import Sampler
 from accounting.metering.spool import Spool, batch_name, fresh_first_seq
 from tests.conftest import T0_US

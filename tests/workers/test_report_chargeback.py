@@ -8,7 +8,7 @@ import sys
 
 from accounting.clock import FakeClock
 from accounting.db import make_engine, session_scope
-from accounting.ledger.service import ingest_batch
+from accounting.ledger.ingest import ingest_batch
 from accounting.migrations import upgrade
 from tests.conftest import T0_US
 from tests.factories import batch

@@ -16,7 +16,7 @@ from accounting.clock import SystemClock
 from accounting.config import get_settings
 from accounting.db import engine_for, session_scope
 from accounting.errors import InvalidInput
-from accounting.ledger import service
+from accounting.ledger import ingest
 
 from ..celery_app import app
 from ..queues import INGEST_TASK
@@ -55,7 +55,7 @@ def ingest_batch(batch: dict) -> dict:
     engine = engine_for(get_settings().resolved_database_url)
     try:
         with session_scope(engine) as session:
-            result = service.ingest_batch(session, batch, clock=SystemClock())
+            result = ingest.ingest_batch(session, batch, clock=SystemClock())
             session.commit()
     except InvalidInput as exc:
         # A batch our own sampler wrote should never be malformed: keep it in the log whole.
