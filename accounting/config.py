@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     sample_interval_s: PositiveFloat = Field(1.0, description="Seconds between GPU readings.")
     flush_interval_s: PositiveFloat = Field(10.0, description="Seconds between shipped batches.")
     spool_dir: Path | None = Field(None, description="Sampler spool; default <home>/spool")
+    ingest_group_batches: PositiveInt = Field(
+        64, le=10_000, description="Ingest: most sampler batches a worker takes into one transaction (and "
+        "holds unacknowledged, per worker process)."
+    )
+    ingest_group_wait_s: PositiveFloat = Field(
+        0.5, le=60, description="Ingest: seconds a worker waits for more batches before it ingests what it has."
+    )
     sample_retention_days: PositiveInt = Field(14, description="Raw samples older than this expire.")
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)

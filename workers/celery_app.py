@@ -75,7 +75,9 @@ def make_celery(settings: Settings | None = None, *, results: bool = True) -> Ce
         },
         # A worker that dies mid-task gives the message back; ingest is idempotent.
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        # The ingest task buffers up to a group of batches (workers/tasks/ledger.py): a worker
+        # process must be let hold that many unacknowledged.
+        worker_prefetch_multiplier=settings.ingest_group_batches,
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # A worker whose broker went away keeps reconnecting (every 2, 4 … 30 s) for as long as it

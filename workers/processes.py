@@ -18,8 +18,8 @@ from celery import Celery, states
 
 from accounting.metering.sampler import Delivery
 
+from .ingest import BatchRejected
 from .queues import INGEST_TASK, QueueName
-from .tasks.ledger import BatchRejected
 
 log = logging.getLogger(__name__)
 

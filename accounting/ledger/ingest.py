@@ -22,6 +22,7 @@ from sqlmodel import Session
 from accounting.clock import US_PER_HOUR, Clock, to_datetime, to_us
 from accounting.db import copy_rows
 from accounting.errors import InvalidInput
+from accounting.jobs.models import Gpu
 
 from .attribution import EXCLUSIVE, attribute_interval, whole_piece_holders
 from .batch import BatchEvent, ParsedBatch, Reading, checked_batch
@@ -91,6 +92,7 @@ def _ingest_run(session: Session, batches: Sequence[ParsedBatch], now_us: int) -
         uuids.update(e.uuid for e in batch.events if e.uuid)
         for gpu in batch.gpus:
             described[gpu.uuid], nodes[gpu.uuid] = gpu, batch.node
+    early = _attributed_early(session, batches, uuids)
     ids = register_gpus(session, sorted(uuids), now_us=now_us, described=described, nodes=nodes, lock=True)
     ib = IngestedBatch.__table__
     keys = {(b.node, b.seq) for b in batches}
@@ -107,11 +109,20 @@ def _ingest_run(session: Session, batches: Sequence[ParsedBatch], now_us: int) -
             seen.add((batch.node, batch.seq))  # the same batch twice in one call: the second is a duplicate
             fresh.append(i)
     kept, dropped = _without_overlaps(session, [batches[i].readings for i in fresh], ids)
-    readings = [r for mine in kept for r in mine]
-    if readings:
-        gpu_ids = [ids[r.uuid] for r in readings]
-        store_samples(session, readings, gpu_ids)
-        add_to_ledger(session, _deltas(session, readings, gpu_ids))
+    if any(kept):
+        signals = _signals(session, batches, ids)  # now that the GPUs are locked
+        reuse = early is not None and early.signals.same_as(signals)
+        deltas, rows = Deltas(), []
+        for i, mine in zip(fresh, kept, strict=True):
+            if reuse and len(mine) == len(batches[i].readings):  # attributed early, and rightly
+                deltas.merge(early.deltas[i])
+                rows += early.rows[i]
+            elif mine:
+                gpu_ids = [ids[r.uuid] for r in mine]
+                deltas.merge(_deltas(signals, mine, gpu_ids))
+                rows += sample_rows(mine, gpu_ids)
+        store_samples(session, rows)
+        add_to_ledger(session, deltas)
     events = [(batches[i].node, e) for i, extra in zip(fresh, dropped, strict=True)
               for e in (*batches[i].events, *extra)]
     if events:
@@ -132,14 +143,50 @@ def _ingest_run(session: Session, batches: Sequence[ParsedBatch], now_us: int) -
     return results  # type: ignore[return-value]  # every slot is filled
 
 
-def _deltas(session: Session, readings: list[Reading], gpu_ids: list[int]) -> Deltas:
+@dataclass(frozen=True)
+class _Early:
+    """A run's batches attributed before their GPUs were locked: the signals it read, and per
+    batch its ledger deltas and sample rows."""
+
+    signals: SignalBuilder
+    deltas: list[Deltas]
+    rows: list[list[tuple]]
+
+
+def _attributed_early(session: Session, batches: Sequence[ParsedBatch], uuids: set[str]) -> _Early | None:
+    """Every batch attributed before any GPU is locked, so that workers whose batches share GPUs
+    wait on each other for the writes only, not for attribution. Under the lock the signals are
+    read again; a batch is attributed again if they changed meanwhile (a job registered or
+    finished, a GPU described anew) or if it lost readings (a duplicate or an overlap). None
+    when there is nothing to attribute or a GPU is new (it has no id until it is registered)."""
+    g = Gpu.__table__
+    ids = dict(session.execute(sa.select(g.c.uuid, g.c.id).where(g.c.uuid.in_(sorted(uuids)))).all())
+    if len(ids) < len(uuids) or not any(b.readings for b in batches):
+        return None
+    signals = _signals(session, batches, ids)
+    deltas, rows = [], []
+    for batch in batches:
+        gpu_ids = [ids[r.uuid] for r in batch.readings]
+        deltas.append(_deltas(signals, batch.readings, gpu_ids))
+        rows.append(sample_rows(batch.readings, gpu_ids))
+    return _Early(signals, deltas, rows)
+
+
+def _signals(session: Session, batches: Sequence[ParsedBatch], ids: dict[str, int]) -> SignalBuilder:
+    """What attribution needs for every reading of the batches (the same reads early and under
+    the lock, so that the two can be compared)."""
+    readings = [r for b in batches for r in b.readings]
+    return SignalBuilder(
+        session, sorted({ids[r.uuid] for r in readings}), min(r.start_us for r in readings),
+        max(r.end_us for r in readings),
+        {p["job_key"] for r in readings if r.processes for p in r.processes if p["job_key"]},
+    )
+
+
+def _deltas(signals: SignalBuilder, readings: Sequence[Reading], gpu_ids: list[int]) -> Deltas:
     """Every reading attributed, summed per ledger row. Most readings are one piece with one
     holder (or none) and no process or MIG detail: `attribute_interval` would give them one
     share of all their energy and time, so they go straight to their ledger row."""
-    signals = SignalBuilder(
-        session, sorted(set(gpu_ids)), min(r.start_us for r in readings), max(r.end_us for r in readings),
-        {p["job_key"] for r in readings if r.processes for p in r.processes if p["job_key"]},
-    )
     tenancies, layouts, deltas = signals.tenancies, signals.layouts, Deltas()
     for r, gpu_id in zip(readings, gpu_ids, strict=True):
         activity = Activity(r.gpu_util_pct, r.sm_active_pct, r.tensor_active_pct, r.dram_bw_pct)
@@ -158,8 +205,8 @@ def _deltas(session: Session, readings: list[Reading], gpu_ids: list[int]) -> De
 SAMPLE_COLUMNS = ("gpu_id", "start_at", "end_at", *Reading._fields[3:])
 
 
-def store_samples(session: Session, readings: Sequence[Reading], gpu_ids: Sequence[int]) -> None:
-    """The readings as `sample` rows: one binary COPY on PostgreSQL, one INSERT elsewhere."""
+def sample_rows(readings: Sequence[Reading], gpu_ids: Sequence[int]) -> list[tuple]:
+    """The readings as `sample` rows, in SAMPLE_COLUMNS order."""
     times: dict[int, object] = {}  # the GPUs of a node share their reading times: convert each once
 
     def at(t_us: int):
@@ -168,7 +215,11 @@ def store_samples(session: Session, readings: Sequence[Reading], gpu_ids: Sequen
             value = times[t_us] = to_datetime(t_us)
         return value
 
-    rows = [(gpu_id, at(r.start_us), at(r.end_us), *r[3:]) for r, gpu_id in zip(readings, gpu_ids, strict=True)]
+    return [(gpu_id, at(r.start_us), at(r.end_us), *r[3:]) for r, gpu_id in zip(readings, gpu_ids, strict=True)]
+
+
+def store_samples(session: Session, rows: list[tuple]) -> None:
+    """`sample` rows: one binary COPY on PostgreSQL, one INSERT elsewhere."""
     if session.get_bind().dialect.name == "postgresql":
         copy_rows(session, Sample.__table__, SAMPLE_COLUMNS, rows)
     else:

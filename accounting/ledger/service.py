@@ -61,6 +61,20 @@ class Deltas:
                 detail[0] += s.energy_mj
                 detail[1] = s.job_key or detail[1]
 
+    def merge(self, other: Deltas) -> None:
+        """Add another's sums to these (as if its shares had been added here)."""
+        for key, sums in other.ledger.items():
+            slot = self.ledger.get(key)
+            if slot is None:
+                self.ledger[key] = list(sums)
+            else:
+                for k, value in enumerate(sums):
+                    slot[k] += value
+        for key, (energy_mj, job_key) in other.unattributed.items():
+            detail = self.unattributed.setdefault(key, [0, None])
+            detail[0] += energy_mj
+            detail[1] = job_key or detail[1]
+
     def put(self, gpu_id: int, hour_us: int, job_id: int | None, method: str, energy_mj: int, gpu_us: int,
             activity: Activity, pid: int | None = None) -> None:
         """Add one share to its ledger row."""

@@ -57,7 +57,7 @@ def tenancies_for(session: Session, gpu_ids: Iterable[int], from_us: int, to_us_
         )
     ).all()
     result: dict[int, list[Tenancy]] = defaultdict(list)
-    for gpu_id, job_id, start_at, end_at in rows:
+    for gpu_id, job_id, start_at, end_at in sorted(rows, key=lambda r: (r[0], r[2], r[1])):  # one order: same_as
         result[gpu_id].append(Tenancy(job_id, to_us(start_at), to_us(end_at) if end_at else None))
     return result
 
@@ -84,6 +84,11 @@ class SignalBuilder:
         self.jobs = job_ids_by_key(session, job_keys)
         # The signals of an interval with neither process nor MIG detail, one per GPU: most are.
         self.plain = {gpu_id: GpuSignals(baseline_mw=layout.baseline_mw) for gpu_id, layout in self.layouts.items()}
+
+    def same_as(self, other: SignalBuilder | None) -> bool:
+        """Whether the other read the same layouts, tenancies and jobs (so attributes alike)."""
+        return other is not None and (self.layouts, self.tenancies, self.jobs) == (
+            other.layouts, other.tenancies, other.jobs)
 
     def for_interval(self, gpu_id: int, processes: Sequence[dict] | None, mig: Sequence[dict] | None) -> GpuSignals:
         layout = self.layouts[gpu_id]

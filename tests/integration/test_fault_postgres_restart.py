@@ -1,5 +1,5 @@
-"""PostgreSQL restarted during ingest: the ingest task retries with backoff and every batch ends in
-the ledger exactly once.
+"""PostgreSQL restarted during ingest: the worker retries its group of batches with backoff and every
+batch ends in the ledger exactly once.
 
 Real services: a PostgreSQL cluster of the test's own (stopped with `pg_ctl stop -m fast`, which
 ends the worker's session mid-transaction, then started again), the shared Redis as broker, and a
@@ -9,7 +9,7 @@ real `celery worker` process.
 from __future__ import annotations
 
 import re
-from collections import Counter
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 NODE = "pg-node"
 BATCHES = 10
 BATCH_S = 300  # 8 GPUs × 300 readings: each ingest holds a transaction for a while
-RETRY = re.compile(r"ledger\.ingest_batch\[([0-9a-f-]+)\] retry: Retry in (\d+)s: OperationalError")
+RETRY = re.compile(r"ingest of (\d+) batches failed \(OperationalError: .*?\); retry (\d+) in ([0-9.]+) s")
 
 
 def spool_batches(tmp_path) -> list[dict]:
@@ -58,26 +58,25 @@ def test_postgres_restart_during_ingest_retries_with_backoff_and_counts_once(
     env = service_env(tmp_path, database_url=cluster.url, broker_url=REDIS_URL)
     batches = spool_batches(tmp_path)
     publish = batch_sender(make_celery(settings_of(env), results=False))
-    for batch in batches:
-        publish(batch)
-    workers = make_workers(env)
+    task_ids = [publish(batch) for batch in batches]
+    workers = make_workers({**env, "WATTLEDGER_INGEST_GROUP_BATCHES": "2"})  # transactions of two batches
     workers.start()
 
     wait_until(lambda: ingested(engine) >= 2, 30, "two batches before the restart")
     cluster.stop("fast")  # ends the worker's session, mid-ingest if it is in one
     engine.dispose()
-    # Down until one task has been retried three times (each retry waits a random 0..2^n s).
-    wait_until(lambda: max(Counter(t for t, _ in RETRY.findall(workers.logs())).values(), default=0) >= 3,
-               45, "one task to be retried three times while PostgreSQL is down")
+    # Down until a group has been retried three times (each retry waits a random 0..2^n s).
+    wait_until(lambda: max((int(n) for _, n, _ in RETRY.findall(workers.logs())), default=0) >= 3,
+               45, "a group to be retried three times while PostgreSQL is down")
     cluster.start()
     wait_until(lambda: ingested(engine) == BATCHES, 60, "every batch after the restart")
 
     logs = workers.logs()
     retries = RETRY.findall(logs)
-    per_task = Counter(t for t, _ in retries)
-    print(f"{len(retries)} retries of {len(per_task)} tasks (most: {max(per_task.values())}), countdowns "
-          f"{[int(s) for _, s in retries]} s; {logs.count('] succeeded')} ingests succeeded")
-    for task_id in per_task:  # every retried task succeeded in the end, once
+    waits = [float(s) for _, _, s in retries]
+    print(f"{len(retries)} retries, waits {waits} s; {logs.count('] succeeded')} ingests succeeded")
+    assert all(w <= min(60, 2 ** int(n)) for (_, n, _), w in zip(retries, waits, strict=True))  # backoff
+    for task_id in task_ids:  # every batch's task succeeded in the end, once
         assert len(re.findall(rf"ledger\.ingest_batch\[{task_id}\] succeeded", logs)) == 1
 
     assert ingested_seqs(engine, NODE) == list(range(1, BATCHES + 1))
@@ -92,3 +91,36 @@ def test_postgres_restart_during_ingest_retries_with_backoff_and_counts_once(
         totals = fleet_totals(session)
         assert totals.balanced and totals.measured_mj == sent_mj
         assert conservation_errors(session) == []
+
+
+def test_a_worker_stopped_while_postgres_is_down_gives_its_batches_back(
+    services, pg_cluster, make_workers, tmp_path
+):
+    """A warm shutdown while the worker waits out an outage: it stops within seconds, having put
+    its group back on the queue under the same task ids (the sampler's receipts), and the next
+    worker ingests every batch once; each task's result is the one ingest."""
+    cluster, engine = pg_cluster
+    env = service_env(tmp_path, database_url=cluster.url, broker_url=REDIS_URL)
+    batches = spool_batches(tmp_path)[:4]
+    task_ids = [batch_sender(make_celery(settings_of(env), results=False))(b) for b in batches]
+    cluster.stop("fast")
+    engine.dispose()
+    workers = make_workers(env)
+    first = workers.start()
+    wait_until(lambda: RETRY.search(workers.logs()), 30, "the group's first retry")
+    stopping_at = time.monotonic()
+    first.terminate()  # SIGTERM: Celery's warm shutdown
+    first.wait(20)
+    stopped_s = time.monotonic() - stopping_at
+    logs = workers.logs()
+    assert logs.count("given back to the queue: the worker is stopping") == len(batches), logs[-2000:]
+    assert stopped_s < 10, f"the worker took {stopped_s:.1f} s to stop"
+
+    cluster.start()
+    workers.start()
+    wait_until(lambda: ingested(engine) == len(batches), 60, "every batch, by the next worker")
+    app = make_celery(settings_of(env))
+    for task_id in task_ids:  # the sampler's receipts are confirmed
+        assert app.AsyncResult(task_id).result["duplicate"] is False
+    assert sum(energy_by_gpu(engine, LedgerEntry).values()) == sum(
+        i["energy_mj"] for b in batches for i in b["intervals"])

@@ -47,15 +47,16 @@ def test_sigkill_mid_ingest_loses_nothing_and_doubles_nothing(settings, workers,
             sampler.flush()
     assert sampler.ship(send) == BATCHES
 
+    workers.env["WATTLEDGER_INGEST_GROUP_BATCHES"] = "2"  # a transaction of two batches at a time
     first = workers.start()
-    # Kill while the third batch is being ingested: its "received" line is logged once the
-    # broker has handed it over (it is then unacknowledged), and the ingest takes ~0.3 s.
-    wait_until(lambda: workers.logs().count("] received") >= 3, 60, "the third batch to arrive")
+    # Kill while the second group (batches 3 and 4) is being ingested: the worker logs the group's
+    # start once it holds both messages unacknowledged, and the ingest takes ~0.5 s.
+    wait_until(lambda: workers.logs().count("ingesting a group of 2 batches") >= 2, 60, "the second group")
     os.killpg(first.pid, signal.SIGKILL)  # the whole worker, mid-ingest
     first.wait(10)
     busy_since = time.monotonic()
     killed_at = ingested(pg_engine)
-    assert killed_at == 2, "the kill did not land during the third batch; the test proves nothing"
+    assert killed_at == 2, "the kill did not land during the second group; the test proves nothing"
 
     workers.start()
     wait_until(lambda: ingested(pg_engine) == BATCHES, 40, "every batch after the restart")

@@ -112,3 +112,32 @@ def test_a_group_counts_each_batch_once_and_reports_each(session, clock):
     assert session.scalar(sa.select(sa.func.count()).select_from(IngestedBatch)) == 4
     assert session.scalar(sa.select(sa.func.sum(Sample.energy_mj))) == 9_000_000
     assert session.execute(sa.select(GpuEvent.node, GpuEvent.kind)).all() == [("x", "overlap-dropped")]
+
+
+def test_a_job_registered_while_a_group_is_attributed_early_gets_its_energy(session, clock, monkeypatch):
+    """Attribution runs before the GPUs are locked; a job that another transaction registers in
+    between is seen under the lock, and the batches are attributed again with it."""
+    import accounting.ledger.ingest as ingest_module
+
+    def raw(seq: int, start_s: int) -> dict:
+        return {"version": 1, "node": "n1", "seq": seq, "gpus": [{"uuid": "GPU-a", "name": NAMES[0]}],
+                "intervals": [{"uuid": "GPU-a", "start_us": T0_US + (start_s + k) * S,
+                               "end_us": T0_US + (start_s + k + 1) * S, "energy_mj": 500_000, "method": "counter"}
+                              for k in range(10)]}
+
+    clock.set(T0_US + 3600 * S)
+    ingest_batch(session, raw(1, 0), clock=clock)  # GPU-a is known: the next group is attributed early
+    real = ingest_module.register_gpus
+    registered = []
+
+    def register_after_a_job_appears(*args, **kwargs):
+        if not registered:  # the other transaction commits its job just before our lock
+            registered.append(create_job(session, job("late", ["GPU-a"], T0_US + 10 * S), clock=clock))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "register_gpus", register_after_a_job_appears)
+    ingest_batches(session, [parse_batch(raw(2, 10)), parse_batch(raw(3, 20))], clock=clock)
+    accounts = dict(session.execute(sa.select(LedgerEntry.account, sa.func.sum(LedgerEntry.energy_mj))
+                                    .group_by(LedgerEntry.account)).all())
+    assert accounts == {"idle": 5_000_000, f"job:{registered[0].id}": 10_000_000}
+    assert conservation_errors(session) == []

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from celery_batches import Batches
+
 import workers.tasks.chargeback  # noqa: F401,I001  (registers the tasks)
 import workers.tasks.ledger  # noqa: F401
 import workers.tasks.maintenance  # noqa: F401
-from accounting.config import Settings
+from accounting.config import Settings, get_settings
 from workers.celery_app import _transport_options, app, make_celery
+from workers.ingest import TRANSIENT
 from workers.processes import batch_confirmer
 from workers.queues import QueueName
 from workers.schedule import BEAT_SCHEDULE
@@ -20,14 +23,17 @@ def test_registered_task_names_snapshot():
     ]
 
 
-def test_ingest_is_late_acked_and_retries_only_transient_errors():
+def test_ingest_takes_groups_of_batches_late_acked_and_keeps_each_result():
     task = app.tasks["ledger.ingest_batch"]
-    assert task.acks_late
+    assert isinstance(task, Batches) and task.acks_late
     assert task.ignore_result is False  # the sampler confirms its batches by this result
     assert all(t.ignore_result for name, t in app.tasks.items() if name != "ledger.ingest_batch"
                and not name.startswith("celery."))
-    assert {e.__name__ for e in task.autoretry_for} == {"OperationalError", "InterfaceError", "IntegrityError"}
-    assert task.max_retries and task.retry_backoff
+    settings = get_settings()
+    assert (task.flush_every, task.flush_interval) == (settings.ingest_group_batches, settings.ingest_group_wait_s)
+    # A worker process must be let hold a whole group unacknowledged, or it waits for the timer.
+    assert app.conf.worker_prefetch_multiplier >= task.flush_every
+    assert {e.__name__ for e in TRANSIENT} == {"OperationalError", "InterfaceError"}
 
 
 def test_every_beat_entry_expires_and_names_a_known_queue():
