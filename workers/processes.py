@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 from celery import Celery, states
 
+from accounting.ledger.columnar import to_wire
 from accounting.metering.sampler import Delivery
 
 from .ingest import BatchRejected
@@ -94,9 +95,10 @@ def batch_sender(app: Celery) -> Callable[[dict], str]:
 
     def send(batch: dict) -> str:
         result = app.send_task(
-            # zlib: a batch's JSON shrinks ~10× in the broker and decodes for less worker CPU
-            # (helper F measured 16.4 → 13.6 µs a reading); the worker inflates it transparently.
-            INGEST_TASK, args=[batch], queue=QueueName.ingest.value, compression="zlib",
+            # In columns (version 2): a third of the bytes, and far less for the worker to decode
+            # and check. zlib: the JSON shrinks several times more in the broker and decodes for
+            # less worker CPU (helper F measured 16.4 → 13.6 µs a reading on version 1).
+            INGEST_TASK, args=[to_wire(batch)], queue=QueueName.ingest.value, compression="zlib",
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         )
         return result.id

@@ -24,6 +24,7 @@ from accounting.db import copy_rows
 from accounting.errors import InvalidInput
 from accounting.jobs.models import Gpu
 
+from . import columnar
 from .attribution import EXCLUSIVE, attribute_interval, whole_piece_holders
 from .batch import BatchEvent, ParsedBatch, Reading, checked_batch
 from .models import GpuEvent, IngestedBatch, Sample
@@ -43,7 +44,11 @@ class IngestResult:
 
 
 def parse_batch(raw: dict) -> ParsedBatch:
+    """A batch in either version (1 as spooled, 2 as sent through the broker), checked;
+    InvalidInput naming the first bad field."""
     try:
+        if type(raw) is dict and raw.get("version") == columnar.VERSION:
+            return columnar.parse_wire(raw)
         return checked_batch(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
