@@ -64,7 +64,7 @@ from .fleet import (
     readings_in,
     rebuild_schema,
 )
-from .ingest_load import make_batches, start_workers, verify_ingested, worker_log_counts
+from .ingest_load import group_sizes, make_batches, start_workers, verify_ingested, worker_log_counts
 
 POLL_S = 0.02
 COLUMNS = ("gpu_id", "start_at", "end_at", "energy_mj", "method", "power_mw", "gpu_util_pct", "memory_util_pct",
@@ -227,6 +227,7 @@ def ingest_vs_copy(
             for proc in procs:
                 stop_process(proc)
         worker_errors, retries = worker_log_counts(Path(home))
+        groups = group_sizes(Path(home))
     problems = verify_ingested(engine, {(b["node"], b["seq"]) for b in batches}, sum(map(energy_in, batches)))
     with Session(engine) as session:
         problems += [f"conservation: {e}" for e in conservation_errors(session)[:5]]
@@ -251,6 +252,10 @@ def ingest_vs_copy(
     table.add_row("  CPU of the workers / their backends (µs/reading)",
                   f"{worker_cpu_s / total_readings * 1e6:.1f} / {backend_cpu_s / total_readings * 1e6:.1f}")
     table.add_row(f"ratio end to end / COPY {best}", f"[bold]{ingest_rate / copy_rate[best]:.2f}[/]")
+    table.add_row("ingest group setting: most batches / longest wait (s)",
+                  f"{settings.ingest_group_batches} / {settings.ingest_group_wait_s:g}")
+    table.add_row("ingest transactions / mean batches each (worker log)",
+                  f"{len(groups):,} / {sum(groups) / len(groups):.1f}" if groups else "—")
     table.add_row("errors / retries (worker log)", f"{worker_errors} / {retries}")
     table.add_row("exactly once, Σ ledger = Σ published, balanced, samples = COPY rows",
                   "[red]NO[/]" if problems else "yes")

@@ -17,6 +17,7 @@ POLL_S) and publish → ingest start (the row's ingested_at), errors. Exits 1 on
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import threading
 import time
@@ -139,10 +140,19 @@ def publish(batches: list[dict], send, *, rate_readings_s: float, duration_s: fl
 
 
 def worker_log_counts(log_dir: Path) -> tuple[int, int]:
-    """(errors, retries) in the workers' logs."""
+    """(errors, retries of a group's transaction) in the workers' logs."""
     text = "\n".join(p.read_text(errors="replace") for p in log_dir.glob("worker-*.log"))
     errors = sum(1 for line in text.splitlines() if "ERROR/" in line or "CRITICAL/" in line)
-    return errors, text.count("] retry: ")
+    return errors, text.count("; retry ") + text.count("; trying again")
+
+
+GROUP_LINE = re.compile(r"ingested (\d+) of (\d+) batches")
+
+
+def group_sizes(log_dir: Path) -> list[int]:
+    """How many batches each ingest transaction took, from the workers' logs."""
+    text = "\n".join(p.read_text(errors="replace") for p in log_dir.glob("worker-*.log"))
+    return [int(total) for _, total in GROUP_LINE.findall(text)]
 
 
 def verify(engine: sa.Engine, published: dict, by_key: dict[tuple[str, int], dict]) -> list[str]:
