@@ -42,9 +42,13 @@ class Settings(BaseSettings):
     sample_interval_s: PositiveFloat = Field(1.0, description="Seconds between GPU readings.")
     flush_interval_s: PositiveFloat = Field(10.0, description="Seconds between shipped batches.")
     spool_dir: Path | None = Field(None, description="Sampler spool; default <home>/spool")
-    ingest_group_batches: PositiveInt = Field(
-        64, le=10_000, description="Ingest: most sampler batches a worker takes into one transaction (and "
-        "holds unacknowledged, per worker process)."
+    ingest_group_readings: PositiveInt = Field(
+        10_000, le=1_000_000, description="Ingest: readings a worker aims to take into one transaction."
+    )
+    ingest_group_batches: PositiveInt | None = Field(
+        None, le=10_000, description="Ingest: most sampler batches a worker takes into one transaction (and "
+        "holds unacknowledged, per worker process); default: ingest_group_readings over the readings in an "
+        "8-GPU node's batch (8 × flush_interval_s ÷ sample_interval_s), 125 at the defaults."
     )
     ingest_group_wait_s: PositiveFloat = Field(
         0.5, le=60, description="Ingest: seconds a worker waits for more batches before it ingests what it has."
@@ -83,6 +87,15 @@ class Settings(BaseSettings):
     @property
     def resolved_spool_dir(self) -> Path:
         return self.spool_dir or self.home / "spool"
+
+    @property
+    def resolved_ingest_group_batches(self) -> int:
+        # By message count: a worker's prefetch is counted in messages, and a group larger than
+        # a worker may hold unacknowledged would only ever be flushed by its timer.
+        if self.ingest_group_batches:
+            return self.ingest_group_batches
+        node_batch_readings = 8 * self.flush_interval_s / self.sample_interval_s
+        return max(1, min(10_000, round(self.ingest_group_readings / node_batch_readings)))
 
     @property
     def resolved_resend_after_s(self) -> float:

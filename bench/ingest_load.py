@@ -222,7 +222,9 @@ def ingest_load(
         settings = Settings(home=Path(home), database_url=url, broker_url=broker)
         celery = make_celery(settings, results=False)  # a publisher keeps no results (see batch_sender)
         celery.control.purge()  # leftovers of an aborted run would be ingested twice over the count
-        env = {"WATTLEDGER_HOME": home, "WATTLEDGER_DATABASE_URL": url, "WATTLEDGER_BROKER_URL": broker}
+        env = {"WATTLEDGER_HOME": home, "WATTLEDGER_DATABASE_URL": url, "WATTLEDGER_BROKER_URL": broker,
+               # configured as the fleet is (the workers' group size follows from it)
+               "WATTLEDGER_FLUSH_INTERVAL_S": f"{batch_s:g}", "WATTLEDGER_SAMPLE_INTERVAL_S": f"{sample_s:g}"}
         procs = start_workers(workers, env, Path(home))
         poller = Poller(engine, sorted({b['node'] for b in batches}))
         poller.start()

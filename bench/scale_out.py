@@ -237,7 +237,10 @@ def run_round(w: int, *, engine: sa.Engine, url: str, broker: str, cfg: dict, sa
     with tempfile.TemporaryDirectory(prefix="wl-bench-scale-") as tmp:
         home = Path(tmp)
         make_celery(Settings(home=home, broker_url=broker), results=False).control.purge()
-        env = {"WATTLEDGER_HOME": tmp, "WATTLEDGER_DATABASE_URL": url, "WATTLEDGER_BROKER_URL": broker}
+        env = {"WATTLEDGER_HOME": tmp, "WATTLEDGER_DATABASE_URL": url, "WATTLEDGER_BROKER_URL": broker,
+               # configured as the fleet is (the workers' group size follows from it)
+               "WATTLEDGER_FLUSH_INTERVAL_S": str(cfg["steps_per_batch"] * cfg["sample_s"]),
+               "WATTLEDGER_SAMPLE_INTERVAL_S": str(cfg["sample_s"])}
         producers = start_producers(samplers, {**cfg, "home": tmp, "broker_url": broker}, home)
         workers: list[subprocess.Popen] = []
         try:

@@ -77,7 +77,7 @@ def make_celery(settings: Settings | None = None, *, results: bool = True) -> Ce
         task_reject_on_worker_lost=True,
         # The ingest task buffers up to a group of batches (workers/tasks/ledger.py): a worker
         # process must be let hold that many unacknowledged.
-        worker_prefetch_multiplier=settings.ingest_group_batches,
+        worker_prefetch_multiplier=settings.resolved_ingest_group_batches,
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # A worker whose broker went away keeps reconnecting (every 2, 4 … 30 s) for as long as it

@@ -21,6 +21,8 @@ floats or booleans), percentages finite numbers; an error names its field as
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any
 
 from pydantic import ValidationError
@@ -95,9 +97,9 @@ def parse_wire(raw: dict[str, Any]) -> ParsedBatch:
     _integers("start_us", start, 0, _US_MAX)
     _integers("end_us", end, 0, _US_MAX)
     _integers("energy_mj", energy, 0, 10**15)
-    for k, (a, b) in enumerate(zip(start, end, strict=True)):
-        if b <= a:
-            raise InvalidInput(f"intervals.end_us.{k}", "end_us must be after start_us")
+    if not all(map(operator.lt, start, end)):
+        k = next(k for k, (a, b) in enumerate(zip(start, end, strict=True)) if b <= a)
+        raise InvalidInput(f"intervals.end_us.{k}", "end_us must be after start_us")
     method = _column(columns, "method", n)
     for k, m in enumerate(method):
         if type(m) is not str or m not in METHODS:
@@ -107,7 +109,7 @@ def parse_wire(raw: dict[str, Any]) -> ParsedBatch:
     processes = _details(columns, "processes", n, _processes, "processes")
     mig = _details(columns, "mig", n, _mig, "mig")
     readings = list(map(Reading._make, zip(
-        [uuids[g] for g in gpu], start, end, energy, method, *optional, *percents, processes, mig, strict=True)))
+        map(uuids.__getitem__, gpu), start, end, energy, method, *optional, *percents, processes, mig, strict=True)))
     return ParsedBatch(head.node, head.seq, head.created_us, head.gpus, head.events, readings)
 
 
@@ -119,7 +121,8 @@ def _column(columns: dict, field: str, n: int) -> list:
 
 
 def _integers(field: str, values: list, low: int, high: int) -> None:
-    if values and not (all(type(v) is int for v in values) and low <= min(values) and max(values) <= high):
+    # Whole-list checks first (type, min, max run in C); the slow search only names the culprit.
+    if values and not (set(map(type, values)) == {int} and low <= min(values) and max(values) <= high):
         k = next(k for k, v in enumerate(values) if type(v) is not int or not low <= v <= high)
         raise InvalidInput(f"intervals.{field}.{k}", f"must be an integer from {low} to {high}")
 
@@ -128,23 +131,33 @@ def _optional_integers(columns: dict, field: str, n: int, high: int) -> list:
     if field not in columns:
         return [None] * n
     column = _column(columns, field, n)
-    _integers(field, [v for v in column if v is not None], 0, high)
+    if None not in column:
+        _integers(field, column, 0, high)
+    else:  # where the first bad value is among the known ones, name its place in the column
+        try:
+            _integers(field, [v for v in column if v is not None], 0, high)
+        except InvalidInput:
+            _integers(field, [0 if v is None else v for v in column], 0, high)
     return column
 
 
+NUMBERS = frozenset((int, float, type(None)))
+EMPTY = frozenset((list, type(None)))  # of false values: [] or null
+
+
 def _percents(columns: dict, field: str, n: int) -> list:
-    """As floats; a finite number from 0 to 100 or null (NaN fails every comparison)."""
+    """As floats; a finite number from 0 to 100 or null."""
     if field not in columns:
         return [None] * n
     column = _column(columns, field, n)
-
-    def good(v) -> bool:
-        return v is None or ((type(v) is int or type(v) is float) and 0 <= v <= 100)
-
-    if not all(map(good, column)):
-        k = next(k for k, v in enumerate(column) if not good(v))
-        raise InvalidInput(f"intervals.{field}.{k}", "must be a number from 0 to 100, or null")
-    return [None if v is None else float(v) for v in column]
+    types = set(map(type, column))
+    values = column if type(None) not in types else [v for v in column if v is not None]
+    if types <= NUMBERS and (not values or (0 <= min(values) and max(values) <= 100
+                                            and not any(map(math.isnan, values)))):
+        return column if types == {float} else [None if v is None else float(v) for v in column]
+    k = next(k for k, v in enumerate(column)
+             if v is not None and not ((type(v) is int or type(v) is float) and 0 <= v <= 100))
+    raise InvalidInput(f"intervals.{field}.{k}", "must be a number from 0 to 100, or null")
 
 
 def _details(columns: dict, field: str, n: int, check, what: str) -> list:
@@ -153,6 +166,8 @@ def _details(columns: dict, field: str, n: int, check, what: str) -> list:
     if field not in columns:
         return [None] * n
     column = _column(columns, field, n)
+    if not any(column) and set(map(type, column)) <= EMPTY:  # the common case: none has any
+        return [None] * n
     out = []
     for k, items in enumerate(column):
         if items is None or items == []:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import operator
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ def _deltas(signals: SignalBuilder, readings: Sequence[Reading], gpu_ids: list[i
     share of all their energy and time, so they go straight to their ledger row."""
     tenancies, layouts, deltas = signals.tenancies, signals.layouts, Deltas()
     for r, gpu_id in zip(readings, gpu_ids, strict=True):
-        activity = Activity(r.gpu_util_pct, r.sm_active_pct, r.tensor_active_pct, r.dram_bw_pct)
+        activity = ACTIVITY(r)
         held = tenancies.get(gpu_id, ())
         if r.processes is None and not (r.mig and layouts[gpu_id].instances) and r.method == "counter":
             holders = whole_piece_holders(r.start_us, r.end_us, held)
@@ -207,6 +208,9 @@ def _deltas(signals: SignalBuilder, readings: Sequence[Reading], gpu_ids: list[i
     return deltas
 
 
+START_END = operator.itemgetter(1, 2)  # a Reading's start_us, end_us
+# A Reading's Activity (gpu_util_pct, sm_active_pct, tensor_active_pct, dram_bw_pct), as a plain tuple.
+ACTIVITY = operator.itemgetter(*(Reading._fields.index(f) for f in Activity._fields))
 SAMPLE_COLUMNS = ("gpu_id", "start_at", "end_at", *Reading._fields[3:])
 
 
@@ -253,8 +257,14 @@ def _without_overlaps(session: Session, batches: Sequence[Sequence[Reading]], id
             by_gpu.setdefault(reading.uuid, []).append(reading)
         kept, dropped = [], []
         for uuid, theirs in by_gpu.items():
-            theirs.sort(key=lambda r: (r.start_us, r.end_us))
+            theirs.sort(key=START_END)
             starts, ends = metered[ids[uuid]]  # never overlapping, so ordered by end as by start
+            mine_starts, mine_ends = [r.start_us for r in theirs], [r.end_us for r in theirs]
+            if (not ends or mine_starts[0] >= ends[-1]) and all(map(operator.le, mine_ends, mine_starts[1:])):
+                kept += theirs  # the common case: one after another, after everything metered
+                starts += mine_starts
+                ends += mine_ends
+                continue
             for r in theirs:
                 k = bisect.bisect_left(starts, r.end_us)  # the last one starting before r ends …
                 if k and ends[k - 1] > r.start_us:  # … is the only one that can overlap it

@@ -30,7 +30,8 @@ def test_ingest_takes_groups_of_batches_late_acked_and_keeps_each_result():
     assert all(t.ignore_result for name, t in app.tasks.items() if name != "ledger.ingest_batch"
                and not name.startswith("celery."))
     settings = get_settings()
-    assert (task.flush_every, task.flush_interval) == (settings.ingest_group_batches, settings.ingest_group_wait_s)
+    assert task.flush_every == settings.resolved_ingest_group_batches
+    assert task.flush_interval == settings.ingest_group_wait_s
     # A worker process must be let hold a whole group unacknowledged, or it waits for the timer.
     assert app.conf.worker_prefetch_multiplier >= task.flush_every
     assert {e.__name__ for e in TRANSIENT} == {"OperationalError", "InterfaceError"}
@@ -71,3 +72,11 @@ def test_a_worker_reconnects_to_its_broker_for_as_long_as_it_takes():
 def test_resend_waits_past_the_visibility_timeout_by_default():
     assert Settings(broker_visibility_timeout_s=120).resolved_resend_after_s == 300
     assert Settings(broker_visibility_timeout_s=5, resend_after_s=12).resolved_resend_after_s == 12
+
+
+def test_a_group_holds_about_ten_thousand_readings_of_the_fleets_batches():
+    assert Settings().resolved_ingest_group_batches == 125  # 8 GPUs × 10 s at 1 Hz: 80 readings a batch
+    assert Settings(flush_interval_s=300).resolved_ingest_group_batches == 4  # 2,400 readings a batch
+    assert Settings(flush_interval_s=3600, sample_interval_s=0.1).resolved_ingest_group_batches == 1
+    assert Settings(ingest_group_readings=800).resolved_ingest_group_batches == 10
+    assert Settings(ingest_group_batches=7).resolved_ingest_group_batches == 7

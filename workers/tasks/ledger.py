@@ -1,11 +1,12 @@
 """Ingest of sampler batches, several to a transaction.
 
-Each message is one node's batch. A worker buffers them (celery-batches) and ingests up to
-`ingest_group_batches` in one transaction, or what it has once the first has waited
-`ingest_group_wait_s`: a 10 s batch of 8 GPUs is 80 readings, and a transaction of its own cost
-more than its readings did. Each batch still keeps its own task result (Redis only): the node's
-sampler reads it to confirm that the ledger has the batch, and re-sends a batch whose result
-never appears (a message the broker lost).
+Each message is one node's batch. A worker buffers them (celery-batches) and ingests a group
+in one transaction: about `ingest_group_readings` (10,000) readings' worth of the fleet's batches
+(`Settings.resolved_ingest_group_batches`, 125 of 80 readings at the defaults), or what it has
+once the first has waited `ingest_group_wait_s`. A 10 s batch of 8 GPUs is 80 readings, and a
+transaction of its own cost more than its readings did. Each batch still keeps its own task
+result (Redis only): the node's sampler reads it to confirm that the ledger has the batch, and
+re-sends a batch whose result never appears (a message the broker lost).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def collect_less(**_) -> None:
 
 
 class GroupedIngest(Batches):
-    """celery-batches' Batches, made to survive a broker reconnection and to log what it gets.
+    """celery-batches' Batches, made to survive a broker reconnection.
 
     A lost broker connection restarts the worker's consumer, which asks every task for its
     strategy again and starts a new timer; Batches kept the handle of its flush timer on the old
@@ -54,19 +55,13 @@ class GroupedIngest(Batches):
 
     def Strategy(self, task, app, consumer):  # noqa: N802 — celery-batches' name
         self._tref = None  # the old timer went with the old consumer
-        handle = super().Strategy(task, app, consumer)
-
-        def received(message, body, ack, reject, callbacks, **kw):
-            log.info("Task %s[%s] received", INGEST_TASK, (message.headers or {}).get("id", "?"))
-            handle(message, body, ack, reject, callbacks, **kw)  # may ingest the group, here and now
-
-        return received
+        return super().Strategy(task, app, consumer)
 
 
 @app.task(
     name=INGEST_TASK,
     base=GroupedIngest,
-    flush_every=_settings.ingest_group_batches,
+    flush_every=_settings.resolved_ingest_group_batches,
     flush_interval=_settings.ingest_group_wait_s,
     ignore_result=False,  # the sampler's confirmation (the app's default is to keep none)
     acks_late=True,  # idempotent per (node, seq): a redelivery after a crash counts once
