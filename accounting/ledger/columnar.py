@@ -55,7 +55,8 @@ FIELDS = ("start_us", "end_us", "energy_mj", "method", *INTEGERS, *PERCENTS, *DE
 
 def to_wire(batch: dict[str, Any]) -> dict[str, Any]:
     """A version 1 batch (as the sampler spools it) in version 2, without the sampler's state. A
-    batch too broken to put in columns goes as it is, for the ledger to refuse it by name."""
+    batch that is not plainly version 1 (another version, intervals or process lists that are not
+    lists …) goes as it is, for the ledger to judge and refuse by name: columns never repair."""
     try:
         return _columns(batch)
     except (KeyError, TypeError, AttributeError):
@@ -63,12 +64,15 @@ def to_wire(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def _columns(batch: dict[str, Any]) -> dict[str, Any]:
-    intervals = batch.get("intervals") or []
+    intervals = batch["intervals"]
+    if batch.get("version") != 1 or type(intervals) is not list or not all(
+            type(i.get(field, [])) is list for i in intervals for field in DETAILS):
+        raise TypeError("not plainly a version 1 batch")
     uuids = list(dict.fromkeys(i["uuid"] for i in intervals))
     index = {uuid: k for k, uuid in enumerate(uuids)}
     columns: dict[str, Any] = {"count": len(intervals), "uuids": uuids, "gpu": [index[i["uuid"]] for i in intervals]}
     for field in FIELDS:
-        if field in DETAILS:
+        if field in DETAILS:  # lists (checked above): [] is none
             columns[field] = [i.get(field) or None for i in intervals]
         else:
             column = [i.get(field) for i in intervals]

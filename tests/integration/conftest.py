@@ -102,9 +102,9 @@ class Workers:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env, self.log_dir, self.procs = dict(env), log_dir, []
 
-    def start(self) -> subprocess.Popen:
+    def start(self, pool: str = "solo") -> subprocess.Popen:
         log = self.log_dir / f"worker-{len(self.procs)}.log"
-        proc = start_worker(self.env, log, queues="ingest")
+        proc = start_worker(self.env, log, queues="ingest", pool=pool)
         self.procs.append(proc)
         wait_until(lambda: b"ready." in log.read_bytes() if log.exists() else False, 60, "the worker to start")
         return proc

@@ -170,11 +170,22 @@ def test_whatever_the_wire_form_accepts_version_1_accepts_alike(field, index, va
     assert same(parsed, parse_batch(from_wire(wire)))
 
 
-@pytest.mark.parametrize("intervals_", [[{"start_us": 1}], ["not an interval"], [{"uuid": ["GPU-a"]}], 5])
-def test_a_batch_too_broken_for_columns_goes_as_it_is_and_is_refused_by_name(intervals_):
-    batch = {**v1([]), "intervals": intervals_}
+GOOD_INTERVAL = {"uuid": "GPU-a", "start_us": T0_US, "end_us": T0_US + US_PER_S, "energy_mj": 1, "method": "counter"}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"intervals": [{"start_us": 1}]}, "intervals"), ({"intervals": ["not an interval"]}, "intervals"),
+    ({"intervals": [{"uuid": ["GPU-a"]}]}, "intervals"), ({"intervals": 5}, "intervals"),
+    ({"intervals": None}, "intervals"), ({"version": 99}, "version"),
+    ({"intervals": [{**GOOD_INTERVAL, "processes": None}]}, "intervals.0.processes"),
+    ({"intervals": [{**GOOD_INTERVAL, "processes": {}}]}, "intervals.0.processes"),
+    ({"intervals": [{**GOOD_INTERVAL, "mig": ""}]}, "intervals.0.mig"),
+    ({"intervals": [{**GOOD_INTERVAL, "mig": False}]}, "intervals.0.mig"),
+])
+def test_a_batch_not_plainly_version_1_goes_as_it_is_and_is_refused_by_name(change, field):
+    batch = {**v1([]), **change}
     wire = to_wire(batch)
-    assert wire["version"] == 1 and "state_after" not in wire
+    assert wire == {k: v for k, v in batch.items() if k != "state_after"}  # nothing repaired
     with pytest.raises(InvalidInput) as refused:
         parse_batch(wire)
-    assert refused.value.field.startswith("intervals")
+    assert refused.value.field.startswith(field), refused.value

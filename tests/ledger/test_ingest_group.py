@@ -141,3 +141,26 @@ def test_a_job_registered_while_a_group_is_attributed_early_gets_its_energy(sess
                                     .group_by(LedgerEntry.account)).all())
     assert accounts == {"idle": 5_000_000, f"job:{registered[0].id}": 10_000_000}
     assert conservation_errors(session) == []
+
+
+def test_a_group_attributed_early_is_not_attributed_again_when_nothing_changed(session, clock, monkeypatch):
+    import accounting.ledger.ingest as ingest_module
+
+    def raw(seq: int) -> dict:
+        return {"version": 1, "node": "n1", "seq": seq, "gpus": [{"uuid": "GPU-a", "name": NAMES[0]}],
+                "intervals": [{"uuid": "GPU-a", "start_us": T0_US + (10 * seq + k) * S,
+                               "end_us": T0_US + (10 * seq + k + 1) * S, "energy_mj": 400_000, "method": "counter"}
+                              for k in range(10)]}
+
+    clock.set(T0_US + 3600 * S)
+    create_job(session, job("j", ["GPU-a"], T0_US), clock=clock)
+    ingest_batch(session, raw(0), clock=clock)  # GPU-a known and described as the group describes it
+    calls = []
+    real = ingest_module._deltas
+    monkeypatch.setattr(ingest_module, "_deltas", lambda *a: calls.append(1) or real(*a))
+    results = ingest_batches(session, [parse_batch(raw(seq)) for seq in (1, 2, 3)], clock=clock)
+    assert [r.intervals for r in results] == [10, 10, 10]
+    assert len(calls) == 3  # once each, before the lock; the signals under the lock were the same
+    calls.clear()
+    ingest_batches(session, [parse_batch(raw(seq)) for seq in (4, 4)], clock=clock)
+    assert len(calls) == 2  # the second is a duplicate: nothing to attribute again

@@ -13,9 +13,9 @@ from accounting.config import Settings
 from accounting.metering.sampler import Delivery
 from tests.conftest import REDIS_URL
 from workers.celery_app import make_celery
+from workers.grouping import store_successes
 from workers.processes import batch_confirmer
 from workers.queues import INGEST_TASK
-from workers.tasks.ledger import store_successes
 
 
 def request(task_id: str, *, ignore_result: bool = False) -> SimpleRequest:

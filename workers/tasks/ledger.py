@@ -15,19 +15,19 @@ import gc
 import logging
 import time
 
-from celery import signals, states
+from celery import signals
 from celery.backends.base import DisabledBackend
-from celery.backends.redis import RedisBackend
 from celery.signals import worker_process_init
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 
 from accounting.clock import SystemClock
 from accounting.config import get_settings
 from accounting.db import engine_for
 
 from ..celery_app import app
-from ..ingest import BatchRejected, GiveBack, ingest_group  # noqa: F401 — BatchRejected: its old home
-from ..queues import INGEST_TASK, QueueName
+from ..grouping import GroupedTask, stopping, store_successes  # noqa: F401 — store_successes: tests
+from ..ingest import BatchRejected, GiveBack, Retrying, ingest_group  # noqa: F401 — BatchRejected: its old home
+from ..queues import INGEST_TASK
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
@@ -45,94 +45,65 @@ def collect_less(**_) -> None:
     gc.set_threshold(100_000, 50, 50)
 
 
-class GroupedIngest(Batches):
-    """celery-batches' Batches, made to survive a broker reconnection.
-
-    A lost broker connection restarts the worker's consumer, which asks every task for its
-    strategy again and starts a new timer; Batches kept the handle of its flush timer on the old
-    one and so never started another: batches received after the reconnection waited for a full
-    group, however long (found by tests/integration/test_fault_redis_outage.py)."""
-
-    def Strategy(self, task, app, consumer):  # noqa: N802 — celery-batches' name
-        self._tref = None  # the old timer went with the old consumer
-        return super().Strategy(task, app, consumer)
-
-
 @app.task(
     name=INGEST_TASK,
-    base=GroupedIngest,
+    base=GroupedTask,
     flush_every=_settings.resolved_ingest_group_batches,
     flush_interval=_settings.ingest_group_wait_s,
     ignore_result=False,  # the sampler's confirmation (the app's default is to keep none)
     acks_late=True,  # idempotent per (node, seq): a redelivery after a crash counts once
 )
-def ingest_batch(requests: list[SimpleRequest]) -> None:
+def ingest_batch(requests: list[SimpleRequest]) -> dict:
+    """Ingest a group of batches; returns the ids of those to put back on the queue."""
+    try:
+        return {"give_back": ingest_and_report(requests)}
+    except Exception:  # a fault of ours after the batches were taken: they stay on the queue
+        log.exception("ingest of a group of %d batches failed; they go back to the queue", len(requests))
+        time.sleep(1)  # not a hot loop if the fault repeats
+        return {"give_back": [r.id for r in requests]}
+
+
+def ingest_and_report(requests: list[SimpleRequest]) -> list[str]:
     task = app.tasks[INGEST_TASK]
+    settings = get_settings()
     began = time.perf_counter()
     log.info("ingesting a group of %d batches", len(requests))
-    outcomes = ingest_group(engine_for(get_settings().resolved_database_url), [batch_of(r) for r in requests],
-                            clock=SystemClock())
+    outcomes = ingest_group(
+        engine_for(settings.resolved_database_url), [batch_of(r) for r in requests], clock=SystemClock(),
+        retrying=Retrying(budget_s=settings.broker_visibility_timeout_s / 2, stopping=stopping),
+        group_readings=settings.ingest_group_readings)
     took_s = time.perf_counter() - began
     done = [(r, o) for r, o in zip(requests, outcomes, strict=True) if isinstance(o, dict)]
     for request, outcome in done:  # as Celery logs a task of its own (the time is the group's)
         log.info("Task %s[%s] succeeded in %.3fs: %r", INGEST_TASK, request.id, took_s, outcome)
-    store_successes(task.backend, done)
+    give_back = []
     for request, outcome in zip(requests, outcomes, strict=True):
-        if not isinstance(outcome, dict):
-            report_other(task, request, outcome)
+        if isinstance(outcome, GiveBack):
+            log.warning("%s[%s] goes back to the queue: %s", INGEST_TASK, request.id, outcome.reason)
+            give_back.append(request.id)
+        elif isinstance(outcome, Exception):
+            report_failure(task, request, outcome)
+    try:
+        store_successes(task.backend, done)
+    except Exception:  # noqa: BLE001 — ingested all the same: a sampler that asks in vain re-sends
+        log.exception("could not store the results of %d ingested batches", len(done))
     log.info("ingested %d of %d batches (%d intervals) in %.0f ms", len(done), len(requests),
-             sum(o["intervals"] for _, o in done), 1000 * (time.perf_counter() - began))
+             sum(o["intervals"] for _, o in done), 1000 * took_s)
+    return give_back
 
 
 def batch_of(request: SimpleRequest):
     return request.args[0] if request.args else request.kwargs.get("batch")
 
 
-def store_successes(backend, done: list[tuple[SimpleRequest, dict]]) -> None:
-    """Each ingested batch's result, as Celery's `mark_as_done` keeps it (a success already there
-    stays: a redelivered batch's duplicate run does not hide the run that ingested it), in two
-    Redis round trips for the group where mark_as_done takes two per batch."""
-    done = [(request, outcome) for request, outcome in done if not request.ignore_result]
-    if not done or isinstance(backend, DisabledBackend):
-        return
-    if not isinstance(backend, RedisBackend):
-        for request, outcome in done:
-            backend.mark_as_done(request.id, outcome, request=request)
-        return
-    with backend.client.pipeline(transaction=False) as pipe:
-        for request, _ in done:
-            pipe.get(backend.get_key_for_task(request.id))
-        stored = pipe.execute()
-    done = [item for item, value in zip(done, stored, strict=True)
-            if not value or backend.decode(value).get("status") != states.SUCCESS]
-    with backend.client.pipeline(transaction=False) as pipe:
-        for request, outcome in done:
-            meta = backend._get_result_meta(result=outcome, state=states.SUCCESS, traceback=None, request=request)
-            meta["task_id"] = request.id
-            key, value = backend.get_key_for_task(request.id), backend.encode(meta)
-            if backend.expires:
-                pipe.setex(key, backend.expires, value)
-            else:
-                pipe.set(key, value)
-            pipe.publish(key, value)  # as RedisBackend._set: for anyone waiting on the result
-        pipe.execute()
-
-
-def report_other(task, request: SimpleRequest, outcome) -> None:
-    """A batch not ingested: published again under the same task id (GiveBack), or failed (stored
-    as the task's failure, which a sampler reads, and counted)."""
-    name = f"{INGEST_TASK}[{request.id}]"
-    if isinstance(outcome, GiveBack):
-        try:
-            task.apply_async(args=request.args, kwargs=request.kwargs, task_id=request.id,
-                             queue=QueueName.ingest.value, compression="zlib", countdown=outcome.delay_s)
-            log.warning("%s given back to the queue: %s", name, outcome.reason)
-            return
-        except Exception as exc:  # noqa: BLE001 — the broker too: the sampler sends it again
-            log.error("%s could not be given back (%r); the sampler will send it again", name, exc)
-            outcome = exc
-    log.error("%s failed: %r", name, outcome)
-    if not isinstance(task.backend, DisabledBackend):
-        task.backend.mark_as_failure(request.id, outcome, request=request, call_errbacks=False)
-    signals.task_failure.send(sender=task, task_id=request.id, exception=outcome, args=request.args,
+def report_failure(task, request: SimpleRequest, exc: Exception) -> None:
+    """A batch not ingested for a fault of its own: stored as the task's failure (which a sampler
+    reads: BatchRejected is set aside, anything else sent again later) and counted."""
+    log.error("%s[%s] failed: %r", INGEST_TASK, request.id, exc)
+    try:
+        if not isinstance(task.backend, DisabledBackend):
+            task.backend.mark_as_failure(request.id, exc, request=request, call_errbacks=False)
+    except Exception:  # noqa: BLE001 — a sampler that asks in vain sends it again
+        log.exception("could not store the failure of %s[%s]", INGEST_TASK, request.id)
+    signals.task_failure.send(sender=task, task_id=request.id, exception=exc, args=request.args,
                               kwargs=request.kwargs, traceback=None, einfo=None)
