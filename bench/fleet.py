@@ -50,6 +50,18 @@ def broker_url_of(option: str | None) -> str:
     """--broker-url, else $WATTLEDGER_BROKER_URL, else the bench's own Redis database."""
     return option or os.environ.get("WATTLEDGER_BROKER_URL") or BENCH_BROKER_URL
 
+def clear_broker(app) -> None:
+    """Empty the bench broker's queues, and on Redis also the messages an aborted earlier run's
+    workers held unacknowledged (kombu's `unacked` hash): the transport would put those back on
+    the queue one visibility timeout later, in the middle of this run, and they would be counted."""
+    app.control.purge()
+    url = app.conf.broker_url
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        redis.Redis.from_url(url).delete("unacked", "unacked_index", "unacked_mutex")
+
+
 # Options the benchmarks share (typer reads them from the Annotated aliases).
 SeedOpt = Annotated[int, typer.Option("--seed")]
 WorkersOpt = Annotated[int, typer.Option(min=1, max=32, help="`celery worker` processes (solo pool each).")]

@@ -58,6 +58,7 @@ from .fleet import (
     WorkersOpt,
     broker_url_of,
     check_bench_database,
+    clear_broker,
     database_url_of,
     energy_in,
     fail,
@@ -217,7 +218,7 @@ def ingest_vs_copy(
         settings = Settings(home=Path(home), database_url=url, broker_url=broker,
                             flush_interval_s=batch_readings / GPUS_PER_NODE, sample_interval_s=1.0)
         celery = make_celery(settings, results=False)
-        celery.control.purge()  # leftovers of an aborted run would be ingested twice over the count
+        clear_broker(celery)  # leftovers of an aborted run would be ingested twice over the count
         send = batch_sender(celery)
         publish_began = time.perf_counter()
         for batch in batches:

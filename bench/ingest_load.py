@@ -47,6 +47,7 @@ from .fleet import (
     WorkersOpt,
     broker_url_of,
     check_bench_database,
+    clear_broker,
     database_url_of,
     energy_in,
     fail,
@@ -221,7 +222,7 @@ def ingest_load(
     with tempfile.TemporaryDirectory(prefix="wl-bench-ingest-") as home:
         settings = Settings(home=Path(home), database_url=url, broker_url=broker)
         celery = make_celery(settings, results=False)  # a publisher keeps no results (see batch_sender)
-        celery.control.purge()  # leftovers of an aborted run would be ingested twice over the count
+        clear_broker(celery)  # leftovers of an aborted run would be ingested twice over the count
         env = {"WATTLEDGER_HOME": home, "WATTLEDGER_DATABASE_URL": url, "WATTLEDGER_BROKER_URL": broker,
                # configured as the fleet is (the workers' group size follows from it)
                "WATTLEDGER_FLUSH_INTERVAL_S": f"{batch_s:g}", "WATTLEDGER_SAMPLE_INTERVAL_S": f"{sample_s:g}"}

@@ -64,6 +64,7 @@ from .fleet import (
     SeedOpt,
     broker_url_of,
     check_bench_database,
+    clear_broker,
     database_url_of,
     energy_in,
     fail,
@@ -236,7 +237,7 @@ def run_round(w: int, *, engine: sa.Engine, url: str, broker: str, cfg: dict, sa
     queue = redis.Redis.from_url(broker)
     with tempfile.TemporaryDirectory(prefix="wl-bench-scale-") as tmp:
         home = Path(tmp)
-        make_celery(Settings(home=home, broker_url=broker), results=False).control.purge()
+        clear_broker(make_celery(Settings(home=home, broker_url=broker), results=False))
         env = {"WATTLEDGER_HOME": tmp, "WATTLEDGER_DATABASE_URL": url, "WATTLEDGER_BROKER_URL": broker,
                # configured as the fleet is (the workers' group size follows from it)
                "WATTLEDGER_FLUSH_INTERVAL_S": str(cfg["steps_per_batch"] * cfg["sample_s"]),
