@@ -76,6 +76,18 @@ TYPES = ("int4", "timestamptz", "timestamptz", "int8", "varchar", "int8", "int4"
 PROCESS_KEYS, MIG_KEYS = ("pid", "sm_pct", "job_key", "user"), ("uuid", "activity_pct")
 
 
+def with_children(pids) -> list[int]:
+    """The processes and their children (a prefork worker's pool processes)."""
+    out = []
+    for pid in pids:
+        out.append(pid)
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def cpu_s(pids) -> float:
     """CPU seconds (user + system) the processes have used so far; 0 for one that is gone."""
     total = 0
@@ -146,10 +158,13 @@ def gate_and_time(url: str, procs: list, total: int, timeout_s: float) -> tuple[
             waiting = poll.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock' AND pid <> %s", (gate.info.backend_pid,)).fetchone()[0]
-        backends = [pid for pid, in poll.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid NOT IN (%s, %s)",
-            (gate.info.backend_pid, poll.info.backend_pid))]
-        workers = [p.pid for p in procs]
+        def others() -> list[int]:
+            return [pid for pid, in poll.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid NOT IN (%s, %s)",
+                (gate.info.backend_pid, poll.info.backend_pid))]
+
+        backends = others()
+        workers = with_children(p.pid for p in procs)
         cpu_began = (cpu_s(workers), cpu_s(backends))
         gate.rollback()  # the release: every worker starts ingesting now
         began = time.perf_counter()
@@ -158,7 +173,8 @@ def gate_and_time(url: str, procs: list, total: int, timeout_s: float) -> tuple[
             time.sleep(POLL_S)
             done = poll.execute("SELECT count(*) FROM ingestedbatch").fetchone()[0]
         seconds = time.perf_counter() - began
-        return seconds, done, cpu_s(workers) - cpu_began[0], cpu_s(backends) - cpu_began[1]
+        late = [pid for pid in others() if pid not in backends]  # a pool process's, connected after the gate
+        return seconds, done, cpu_s(workers) - cpu_began[0], cpu_s(backends) - cpu_began[1] + cpu_s(late)
 
 
 def stored_rows_match(url: str, rows: list[tuple]) -> bool:
@@ -176,6 +192,9 @@ def ingest_vs_copy(
     batch_readings: Annotated[int, typer.Option(min=8, help="Readings per batch: 8 GPUs × readings per GPU "
                                                 "(80 = the sampler's default 10 s flush at 1 Hz).")] = 80,
     workers: WorkersOpt = 2,
+    pool: Annotated[str, typer.Option(help="The workers' pool: solo (one process each) or prefork (a "
+                                      "main process and one pool process per core, as `wattledger worker`).")]
+    = "solo",
     gpus: GpusOpt = 64,
     timeout_s: Annotated[float, typer.Option(min=1, help="At most this long for the ingest.")] = 90.0,
     seed_value: SeedOpt = 7,
@@ -190,6 +209,8 @@ def ingest_vs_copy(
     broker = broker_url_of(broker_url)
     if batch_readings % GPUS_PER_NODE:
         raise typer.Exit(fail(console, f"--batch-readings must be a multiple of {GPUS_PER_NODE}"))
+    if pool not in ("solo", "prefork"):
+        raise typer.Exit(fail(console, f"--pool must be solo or prefork, not {pool!r}"))
     try:
         check_bench_database(url, force=force)
     except RefusedDatabase as exc:
@@ -225,7 +246,7 @@ def ingest_vs_copy(
             send(batch)
         publish_s = time.perf_counter() - publish_began
         env = {"WATTLEDGER_HOME": home, "WATTLEDGER_DATABASE_URL": url, "WATTLEDGER_BROKER_URL": broker, **flush}
-        procs = start_workers(workers, env, Path(home))
+        procs = start_workers(workers, env, Path(home), pool=pool)
         try:
             ingest_s, done, worker_cpu_s, backend_cpu_s = gate_and_time(pq_url, procs, len(batches), timeout_s)
         finally:
@@ -244,7 +265,7 @@ def ingest_vs_copy(
     ingest_rate = total_readings / ingest_s if done == len(batches) else math.nan
     per_batch = total_readings / len(batches)
     table = Table(title=f"Ingest vs COPY: {total_readings:,} readings in batches of ~{per_batch:.0f}, "
-                        f"{workers} worker process{'es' if workers > 1 else ''}")
+                        f"{workers} worker{'s' if workers > 1 else ''} ({pool} pool)")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for fmt in ("binary", "text"):

@@ -177,8 +177,8 @@ def verify_ingested(engine: sa.Engine, published: set[tuple[str, int]], publishe
     return problems
 
 
-def start_workers(count: int, env: dict[str, str], log_dir: Path, timeout_s: float = 60) -> list:
-    procs = [start_worker(env, log_dir / f"worker-{i}.log", queues="ingest") for i in range(count)]
+def start_workers(count: int, env: dict[str, str], log_dir: Path, timeout_s: float = 60, pool: str = "solo") -> list:
+    procs = [start_worker(env, log_dir / f"worker-{i}.log", queues="ingest", pool=pool) for i in range(count)]
     deadline = time.monotonic() + timeout_s
     for i, proc in enumerate(procs):
         log = log_dir / f"worker-{i}.log"

@@ -78,7 +78,7 @@ from .ingest_load import start_workers, verify_ingested, worker_log_counts
 
 QUEUE = QueueName.ingest.value
 TICK_S = os.sysconf("SC_CLK_TCK")
-CAP_READINGS_S = 8_000  # the most any W is expected to ingest: sizes the simulated hours
+CAP_READINGS_S = 40_000  # the most any W is expected to ingest: sizes the simulated hours
 
 
 # ---- the producer: one node's sampler, in its own process ----------------------------------
