@@ -24,6 +24,8 @@ class BackendChoice(StrEnum):
 
 
 DEFAULT_HOME = Path(".wattledger")
+GPUS_PER_NODE = 8  # what ingest groups are sized for (an HGX/DGX node); the fleet may differ
+INGEST_GROUP_READINGS = 10_000  # readings a worker aims to take into one transaction
 
 
 class Settings(BaseSettings):
@@ -43,7 +45,8 @@ class Settings(BaseSettings):
     flush_interval_s: PositiveFloat = Field(10.0, description="Seconds between shipped batches.")
     spool_dir: Path | None = Field(None, description="Sampler spool; default <home>/spool")
     ingest_group_readings: PositiveInt = Field(
-        10_000, le=1_000_000, description="Ingest: readings a worker aims to take into one transaction."
+        INGEST_GROUP_READINGS, le=1_000_000, description="Ingest: readings a worker aims to take into one "
+        "transaction."
     )
     ingest_group_batches: PositiveInt | None = Field(
         None, le=10_000, description="Ingest: most sampler batches a worker takes into one transaction (and "
@@ -94,7 +97,7 @@ class Settings(BaseSettings):
         # a worker may hold unacknowledged would only ever be flushed by its timer.
         if self.ingest_group_batches:
             return self.ingest_group_batches
-        node_batch_readings = 8 * self.flush_interval_s / self.sample_interval_s
+        node_batch_readings = GPUS_PER_NODE * self.flush_interval_s / self.sample_interval_s
         return max(1, min(10_000, round(self.ingest_group_readings / node_batch_readings)))
 
     @property

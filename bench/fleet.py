@@ -50,6 +50,7 @@ def broker_url_of(option: str | None) -> str:
     """--broker-url, else $WATTLEDGER_BROKER_URL, else the bench's own Redis database."""
     return option or os.environ.get("WATTLEDGER_BROKER_URL") or BENCH_BROKER_URL
 
+
 def clear_broker(app) -> None:
     """Empty the bench broker's queues, and on Redis also the messages an aborted earlier run's
     workers held unacknowledged (kombu's `unacked` hash): the transport would put those back on

@@ -140,9 +140,13 @@ def publish(batches: list[dict], send, *, rate_readings_s: float, duration_s: fl
     return published, errors, time.perf_counter() - began
 
 
+def worker_logs(log_dir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in log_dir.glob("worker-*.log"))
+
+
 def worker_log_counts(log_dir: Path) -> tuple[int, int]:
     """(errors, retries of a group's transaction) in the workers' logs."""
-    text = "\n".join(p.read_text(errors="replace") for p in log_dir.glob("worker-*.log"))
+    text = worker_logs(log_dir)
     errors = sum(1 for line in text.splitlines() if "ERROR/" in line or "CRITICAL/" in line)
     return errors, text.count("; retry ") + text.count("; trying again")
 
@@ -152,8 +156,7 @@ GROUP_LINE = re.compile(r"ingested (\d+) of (\d+) batches")
 
 def group_sizes(log_dir: Path) -> list[int]:
     """How many batches each ingest transaction took, from the workers' logs."""
-    text = "\n".join(p.read_text(errors="replace") for p in log_dir.glob("worker-*.log"))
-    return [int(total) for _, total in GROUP_LINE.findall(text)]
+    return [int(total) for _, total in GROUP_LINE.findall(worker_logs(log_dir))]
 
 
 def verify(engine: sa.Engine, published: dict, by_key: dict[tuple[str, int], dict]) -> list[str]:

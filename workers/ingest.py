@@ -21,12 +21,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from accounting.clock import Clock
+from accounting.config import INGEST_GROUP_READINGS
 from accounting.db import session_scope
 from accounting.errors import InvalidInput
 from accounting.ledger.batch import ParsedBatch
@@ -78,7 +79,7 @@ class Retrying:
 
 
 def ingest_group(engine: Engine, raws: Sequence, *, clock: Clock, retrying: Retrying,
-                 group_readings: int = 10_000) -> list[Outcome]:
+                 group_readings: int = INGEST_GROUP_READINGS) -> list[Outcome]:
     """Each raw batch's outcome, in order: the ingest result as a dict, an exception, or GiveBack."""
     outcomes: list[Outcome | None] = [None] * len(raws)
     parsed: list[tuple[int, ParsedBatch]] = []
@@ -119,8 +120,7 @@ def _ingest(engine: Engine, batches: list[ParsedBatch], clock: Clock, retrying: 
             with session_scope(engine) as session:
                 results = ingest_batches(session, batches, clock=clock)
                 session.commit()
-            return [{"node": r.node, "seq": r.seq, "duplicate": r.duplicate, "intervals": r.intervals,
-                     "energy_mj": r.energy_mj} for r in results]
+            return [asdict(r) for r in results]
         except IntegrityError as exc:
             races += 1
             if races < RACE_ATTEMPTS:

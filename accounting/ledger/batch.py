@@ -15,6 +15,11 @@ _US_MAX = 4_102_444_800_000_000  # 2100-01-01: anything later is a unit mistake
 # outage of the spool), low enough that a corrupt or hostile batch cannot exhaust the worker.
 MAX_GPUS, MAX_INTERVALS, MAX_EVENTS, MAX_PIDS = 4096, 200_000, 100_000, 4096
 MAX_PROCESSES, MAX_MIG = 4096, 8
+# An interval's integer fields and their highest value (all from 0): the one place the interval
+# model, its hand check and the column check (columnar.py) read them from.
+MAX_ENERGY_MJ = 10**15
+INTEGER_MAX = {"power_mw": 10**8, "gpu_util_pct": 100, "memory_util_pct": 100, "memory_used_bytes": MAX_BIGINT,
+               "sm_clock_mhz": 100_000}
 
 
 class BatchGpu(BaseModel):
@@ -53,13 +58,13 @@ class BatchInterval(BaseModel):
     uuid: str = Field(min_length=1, max_length=96, pattern=NO_NUL)
     start_us: int = Field(ge=0, le=_US_MAX)
     end_us: int = Field(ge=0, le=_US_MAX)
-    energy_mj: int = Field(ge=0, le=10**15)
+    energy_mj: int = Field(ge=0, le=MAX_ENERGY_MJ)
     method: Literal["counter", "power-integral", "missing"]
-    power_mw: int | None = Field(default=None, ge=0, le=10**8)
-    gpu_util_pct: int | None = Field(default=None, ge=0, le=100)
-    memory_util_pct: int | None = Field(default=None, ge=0, le=100)
-    memory_used_bytes: int | None = Field(default=None, ge=0, le=MAX_BIGINT)
-    sm_clock_mhz: int | None = Field(default=None, ge=0, le=100_000)
+    power_mw: int | None = Field(default=None, ge=0, le=INTEGER_MAX["power_mw"])
+    gpu_util_pct: int | None = Field(default=None, ge=0, le=INTEGER_MAX["gpu_util_pct"])
+    memory_util_pct: int | None = Field(default=None, ge=0, le=INTEGER_MAX["memory_util_pct"])
+    memory_used_bytes: int | None = Field(default=None, ge=0, le=INTEGER_MAX["memory_used_bytes"])
+    sm_clock_mhz: int | None = Field(default=None, ge=0, le=INTEGER_MAX["sm_clock_mhz"])
     sm_active_pct: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
     tensor_active_pct: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
     dram_bw_pct: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
@@ -118,6 +123,10 @@ class Reading(NamedTuple):
     dram_bw_pct: float | None
     processes: list[dict] | None  # [{"pid", "sm_pct", "job_key", "user"}]; None: none
     mig: list[dict] | None  # [{"uuid", "activity_pct"}]; None: none
+
+
+# The hand check and the column check build a Reading's integers in INTEGER_MAX's order.
+assert tuple(INTEGER_MAX) == Reading._fields[5:10]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,16 +198,13 @@ def _checked(d: dict) -> Reading | None:
     other, which BatchInterval then judges."""
     uuid, start, end, energy, method = d["uuid"], d["start_us"], d["end_us"], d["energy_mj"], d["method"]
     if not (_text(uuid, 1, 96) and type(start) is int and type(end) is int and type(energy) is int
-            and 0 <= start < end <= _US_MAX and 0 <= energy <= 10**15 and type(method) is str and method in METHODS):
+            and 0 <= start < end <= _US_MAX and 0 <= energy <= MAX_ENERGY_MJ
+            and type(method) is str and method in METHODS):
         return None
     get = d.get
-    power, util, memory, used, clock = (get("power_mw"), get("gpu_util_pct"), get("memory_util_pct"),
-                                        get("memory_used_bytes"), get("sm_clock_mhz"))
-    if not ((power is None or type(power) is int and 0 <= power <= 10**8)
-            and (util is None or type(util) is int and 0 <= util <= 100)
-            and (memory is None or type(memory) is int and 0 <= memory <= 100)
-            and (used is None or type(used) is int and 0 <= used <= MAX_BIGINT)
-            and (clock is None or type(clock) is int and 0 <= clock <= 100_000)):
+    integers = [get(field) for field in INTEGER_MAX]  # power, utilizations, memory used, clock
+    if not all(v is None or type(v) is int and 0 <= v <= high
+               for v, high in zip(integers, INTEGER_MAX.values(), strict=True)):
         return None
     sm, tensor, dram = get("sm_active_pct"), get("tensor_active_pct"), get("dram_bw_pct")
     pids, processes, mig = get("pids", _NONE), get("processes", _NONE), get("mig", _NONE)
@@ -206,7 +212,7 @@ def _checked(d: dict) -> Reading | None:
         return None
     if pids and not (len(pids) <= MAX_PIDS and all(type(p) is int and 0 <= p <= 2**31 for p in pids)):
         return None
-    return Reading(uuid, start, end, energy, method, power, util, memory, used, clock,
+    return Reading(uuid, start, end, energy, method, *integers,
                    None if sm is None else _pct(sm), None if tensor is None else _pct(tensor),
                    None if dram is None else _pct(dram),
                    _processes(processes) if processes else None, _mig(mig) if mig else None)

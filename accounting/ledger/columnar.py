@@ -28,10 +28,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from accounting.errors import InvalidInput
-from accounting.validation import MAX_BIGINT
 
 from .batch import (
     _US_MAX,
+    INTEGER_MAX,
+    MAX_ENERGY_MJ,
     MAX_GPUS,
     MAX_INTERVALS,
     METHODS,
@@ -45,12 +46,10 @@ from .batch import (
 )
 
 VERSION = 2
-# The optional fields of a reading, in Reading's order, with their bounds.
-INTEGERS = {"power_mw": 10**8, "gpu_util_pct": 100, "memory_util_pct": 100, "memory_used_bytes": MAX_BIGINT,
-            "sm_clock_mhz": 100_000}
+# The optional fields of a reading, in Reading's order (the integers' bounds are batch.py's).
 PERCENTS = ("sm_active_pct", "tensor_active_pct", "dram_bw_pct")
 DETAILS = ("processes", "mig")
-FIELDS = ("start_us", "end_us", "energy_mj", "method", *INTEGERS, *PERCENTS, *DETAILS)
+FIELDS = ("start_us", "end_us", "energy_mj", "method", *INTEGER_MAX, *PERCENTS, *DETAILS)
 
 
 def to_wire(batch: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +99,7 @@ def parse_wire(raw: dict[str, Any]) -> ParsedBatch:
     start, end, energy = (_column(columns, f, n) for f in ("start_us", "end_us", "energy_mj"))
     _integers("start_us", start, 0, _US_MAX)
     _integers("end_us", end, 0, _US_MAX)
-    _integers("energy_mj", energy, 0, 10**15)
+    _integers("energy_mj", energy, 0, MAX_ENERGY_MJ)
     if not all(map(operator.lt, start, end)):
         k = next(k for k, (a, b) in enumerate(zip(start, end, strict=True)) if b <= a)
         raise InvalidInput(f"intervals.end_us.{k}", "end_us must be after start_us")
@@ -108,10 +107,10 @@ def parse_wire(raw: dict[str, Any]) -> ParsedBatch:
     for k, m in enumerate(method):
         if type(m) is not str or m not in METHODS:
             raise InvalidInput(f"intervals.method.{k}", f"must be one of {sorted(METHODS)}")
-    optional = [_optional_integers(columns, f, n, high) for f, high in INTEGERS.items()]
+    optional = [_optional_integers(columns, f, n, high) for f, high in INTEGER_MAX.items()]
     percents = [_percents(columns, f, n) for f in PERCENTS]
-    processes = _details(columns, "processes", n, _processes, "processes")
-    mig = _details(columns, "mig", n, _mig, "mig")
+    processes = _details(columns, "processes", n, _processes)
+    mig = _details(columns, "mig", n, _mig)
     readings = list(map(Reading._make, zip(
         map(uuids.__getitem__, gpu), start, end, energy, method, *optional, *percents, processes, mig, strict=True)))
     return ParsedBatch(head.node, head.seq, head.created_us, head.gpus, head.events, readings)
@@ -164,7 +163,7 @@ def _percents(columns: dict, field: str, n: int) -> list:
     raise InvalidInput(f"intervals.{field}.{k}", "must be a number from 0 to 100, or null")
 
 
-def _details(columns: dict, field: str, n: int, check, what: str) -> list:
+def _details(columns: dict, field: str, n: int, check) -> list:
     """Per interval None or its list of process (MIG instance) dicts, checked as version 1 checks
     them: by hand, or by the interval model where the hand check does not take them whole."""
     if field not in columns:
@@ -179,7 +178,7 @@ def _details(columns: dict, field: str, n: int, check, what: str) -> list:
             continue
         try:
             if type(items) is not list:
-                raise TypeError(what)
+                raise TypeError(field)
             out.append(check(items))
         except (KeyError, TypeError):
             try:

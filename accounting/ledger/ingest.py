@@ -34,6 +34,12 @@ from .signals import SignalBuilder
 
 log = logging.getLogger(__name__)
 
+START_END = operator.itemgetter(1, 2)  # a Reading's start_us, end_us
+# A Reading's Activity (gpu_util_pct, sm_active_pct, tensor_active_pct, dram_bw_pct), as a plain tuple.
+ACTIVITY = operator.itemgetter(*(Reading._fields.index(f) for f in Activity._fields))
+SAMPLE_COLUMNS = ("gpu_id", "start_at", "end_at", *Reading._fields[3:])
+
+
 
 @dataclass(frozen=True)
 class IngestResult:
@@ -206,12 +212,6 @@ def _deltas(signals: SignalBuilder, readings: Sequence[Reading], gpu_ids: list[i
         deltas.add(gpu_id, attribute_interval(r.start_us, r.end_us, r.energy_mj, r.method, held,
                                               signals.for_interval(gpu_id, r.processes, r.mig)), activity)
     return deltas
-
-
-START_END = operator.itemgetter(1, 2)  # a Reading's start_us, end_us
-# A Reading's Activity (gpu_util_pct, sm_active_pct, tensor_active_pct, dram_bw_pct), as a plain tuple.
-ACTIVITY = operator.itemgetter(*(Reading._fields.index(f) for f in Activity._fields))
-SAMPLE_COLUMNS = ("gpu_id", "start_at", "end_at", *Reading._fields[3:])
 
 
 def sample_rows(readings: Sequence[Reading], gpu_ids: Sequence[int]) -> list[tuple]:

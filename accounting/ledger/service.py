@@ -110,11 +110,11 @@ DESCRIBED = ("name", "index", "node", "model", "parent_id", "mig_profile", "mig_
 
 
 def register_gpus(
-    session: Session, uuids: Sequence[str], *, now_us: int, node: str | None = None, described=None,
-    lock: bool = False, nodes: Mapping[str, str] | None = None,
+    session: Session, uuids: Sequence[str], *, now_us: int, described=None, nodes: Mapping[str, str] | None = None,
+    lock: bool = False,
 ) -> dict[str, int]:
     """Insert-if-absent (race-free) and describe GPUs; returns uuid → id. A described GPU is on
-    `node`, or on `nodes[uuid]` where given (batches of several nodes). A GPU whose description
+    the node `nodes[uuid]` (the node of the batch that described it). A GPU whose description
     is unchanged and whose last_seen_at is recent is only read, not written. `lock`: the GPUs are
     locked as by `lock_gpus` (on PostgreSQL by the same statement that reads them)."""
     described = described or {}
@@ -139,7 +139,7 @@ def register_gpus(
     changes = []
     for uuid, info in described.items():
         spec = match_spec(info.name) if info.name and not info.parent_uuid else None
-        wanted = {"name": info.name, "index": info.index, "node": nodes.get(uuid, node) if nodes else node,
+        wanted = {"name": info.name, "index": info.index, "node": (nodes or {}).get(uuid),
                   "model": spec.model if spec else None,
                   "parent_id": ids[info.parent_uuid] if info.parent_uuid else None,
                   "mig_profile": info.mig_profile, "mig_slices": info.mig_slices}

@@ -54,10 +54,10 @@ def tenancies_for(session: Session, gpu_ids: Iterable[int], from_us: int, to_us_
             a.c.gpu_id.in_(list(gpu_ids)),
             a.c.start_at < to_datetime(to_us_),
             sa.or_(a.c.end_at.is_(None), a.c.end_at > to_datetime(from_us)),
-        )
+        ).order_by(a.c.gpu_id, a.c.start_at, a.c.job_id)  # one order, so SignalBuilder.same_as can compare
     ).all()
     result: dict[int, list[Tenancy]] = defaultdict(list)
-    for gpu_id, job_id, start_at, end_at in sorted(rows, key=lambda r: (r[0], r[2], r[1])):  # one order: same_as
+    for gpu_id, job_id, start_at, end_at in rows:
         result[gpu_id].append(Tenancy(job_id, to_us(start_at), to_us(end_at) if end_at else None))
     return result
 

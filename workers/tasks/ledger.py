@@ -25,8 +25,8 @@ from accounting.config import get_settings
 from accounting.db import engine_for
 
 from ..celery_app import app
-from ..grouping import GroupedTask, stopping, store_successes  # noqa: F401 — store_successes: tests
-from ..ingest import BatchRejected, GiveBack, Retrying, ingest_group  # noqa: F401 — BatchRejected: its old home
+from ..grouping import GroupedTask, stopping, store_successes
+from ..ingest import BatchRejected, GiveBack, Retrying, ingest_group  # noqa: F401 — BatchRejected: results name it here
 from ..queues import INGEST_TASK
 
 log = logging.getLogger(__name__)
